@@ -1,0 +1,350 @@
+//! Runs a [`Handler`] over a subscription.
+//!
+//! The handler's outcome drives the message: `Ok` acks it; a transient error nacks it
+//! for redelivery after a backoff; a permanent error, a panic caught in the handler or
+//! the last allowed attempt moves it to the dead-letter store with the reason. A
+//! handler that runs past its timeout counts as a transient error.
+//!
+//! Around each message the runner opens a span named `event` with the event id and
+//! type, the order id (the envelope's subject) and the producer's trace id, so every
+//! log line of a handler carries them.
+//!
+//! Shutdown: once the token is cancelled the runner fetches nothing more, waits for
+//! the handlers in flight to settle their messages (up to the drain timeout), and
+//! returns. A message whose handler is cut off is redelivered after its lease.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::api::{QueueMessage, QueueReceiver, StreamReceiver};
+use crate::envelope::Envelope;
+
+/// Handles one event. Implementations must be idempotent: the same event may arrive
+/// more than once (record its id in the inbox in the same transaction as the change).
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `event`.
+    ///
+    /// # Errors
+    ///
+    /// A [`HandlerError::transient`] error asks for a redelivery, a
+    /// [`HandlerError::permanent`] one for dead-lettering at once.
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError>;
+}
+
+/// Why a handler failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[error("{source:#}")]
+pub struct HandlerError {
+    permanent: bool,
+    source: anyhow::Error,
+}
+
+impl HandlerError {
+    /// A failure that may pass (a database busy, a timeout): retry with backoff.
+    pub fn transient(source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            permanent: false,
+            source: source.into(),
+        }
+    }
+
+    /// A failure that will repeat (an undecodable payload): dead-letter at once.
+    pub fn permanent(source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            permanent: true,
+            source: source.into(),
+        }
+    }
+
+    /// Returns true when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::transient(error)
+    }
+}
+
+/// Retries, backoff and timeouts of a consumer.
+///
+/// The delay before attempt `n + 1` is `initial_backoff * multiplier^(n - 1)`, capped at
+/// `max_backoff`, with up to 20 % of random jitter subtracted so that many failed
+/// messages do not return at the same instant.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Deliveries before dead-lettering, the first one included.
+    pub max_attempts: u32,
+    /// Delay before the first redelivery.
+    pub initial_backoff: Duration,
+    /// Upper bound of the delay.
+    pub max_backoff: Duration,
+    /// Growth factor of the delay per attempt.
+    pub multiplier: f64,
+    /// How long one handler call may run before it is abandoned and retried.
+    pub handler_timeout: Duration,
+    /// How long shutdown waits for handlers in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            handler_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt `attempt` (counting from 1).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let base = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = base.min(self.max_backoff.as_secs_f64());
+        let jitter = capped * 0.2 * fastrand_f64();
+        Duration::from_secs_f64((capped - jitter).max(0.0))
+    }
+}
+
+fn fastrand_f64() -> f64 {
+    let mut bytes = [0u8; 8];
+    // Jitter does not need cryptographic randomness, but the bus already depends on
+    // the OS source through uuid, so take it from there.
+    bytes.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs `handler` over a work queue until `shutdown` is cancelled, with up to
+/// `concurrency` messages in flight (a bulkhead per consumer).
+pub async fn run_queue(
+    name: &str,
+    mut receiver: Box<dyn QueueReceiver>,
+    handler: Arc<dyn Handler>,
+    policy: RetryPolicy,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let name: Arc<str> = Arc::from(name);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let policy = Arc::new(policy);
+    let mut failures: u32 = 0;
+    tracing::info!(consumer = %name, concurrency, "consumer started");
+
+    while !shutdown.is_cancelled() {
+        // Fetch only as many messages as there are free handler slots, so nothing
+        // waits in memory while its lease runs out.
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                permit = permits.clone().acquire_owned() => drop(permit),
+                () = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        let batch = tokio::select! {
+            batch = receiver.fetch(free, Duration::from_millis(500)) => batch,
+            () = shutdown.cancelled() => break,
+        };
+        let messages = match batch {
+            Ok(messages) => {
+                failures = 0;
+                messages
+            }
+            Err(error) => {
+                failures += 1;
+                let delay = policy.backoff(failures.min(8));
+                tracing::warn!(consumer = %name, error = %error, retry_in_ms = delay.as_millis() as u64, "failed to fetch messages");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        for message in messages {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let handler = handler.clone();
+            let policy = policy.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                settle_queue_message(&name, message, handler.as_ref(), &policy).await;
+                drop(permit);
+            });
+        }
+    }
+
+    let max = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    match tokio::time::timeout(policy.drain_timeout, permits.acquire_many(max)).await {
+        Ok(_) => tracing::info!(consumer = %name, "consumer stopped"),
+        Err(_) => tracing::warn!(consumer = %name, "consumer stopped with handlers still running; their messages will be redelivered"),
+    }
+}
+
+async fn settle_queue_message(
+    name: &str,
+    message: QueueMessage,
+    handler: &dyn Handler,
+    policy: &RetryPolicy,
+) {
+    let span = event_span(name, &message.envelope, message.attempt);
+    async move {
+        tracing::trace!("handling event");
+        let outcome = call(handler, &message.envelope, policy.handler_timeout).await;
+        let attempt = message.attempt;
+        let settled = match outcome {
+            Ok(()) => message.ack().await,
+            Err(error) if !error.is_permanent() && attempt < policy.max_attempts => {
+                let delay = policy.backoff(attempt);
+                tracing::warn!(error = %error, attempt, retry_in_ms = delay.as_millis() as u64, "handler failed, will retry");
+                message.nack(delay, &error.to_string()).await
+            }
+            Err(error) => {
+                let reason = format!("{error} (attempt {attempt} of {})", policy.max_attempts);
+                tracing::error!(error = %error, attempt, "handler failed, moving the event to the dead letters");
+                message.dead_letter(&reason).await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::warn!(error = %error, "failed to settle message; it will be redelivered after its lease");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Runs `handler` over a stream until `shutdown` is cancelled, one event at a time in
+/// log order.
+///
+/// A failing event is retried in place with backoff, because skipping it would
+/// reorder the stream; after the last attempt it is dead-lettered and reading moves
+/// on. The offset is committed after each handled batch. `caught_up` is set to true
+/// whenever the reader has reached the end of the log, and to false when it has
+/// events to read.
+pub async fn run_stream(
+    name: &str,
+    mut receiver: Box<dyn StreamReceiver>,
+    handler: Arc<dyn Handler>,
+    policy: RetryPolicy,
+    caught_up: Option<watch::Sender<bool>>,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(consumer = %name, "stream reader started");
+    let mut failures: u32 = 0;
+    'read: while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            batch = receiver.fetch(256, Duration::from_millis(500)) => batch,
+            () = shutdown.cancelled() => break,
+        };
+        let messages = match batch {
+            Ok(messages) => messages,
+            Err(error) => {
+                failures += 1;
+                let delay = policy.backoff(failures.min(8));
+                tracing::warn!(consumer = %name, error = %error, retry_in_ms = delay.as_millis() as u64, "failed to read the stream");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        failures = 0;
+        if let Some(flag) = &caught_up {
+            flag.send_if_modified(|value| {
+                let idle = messages.is_empty();
+                let changed = *value != idle;
+                *value = idle;
+                changed
+            });
+        }
+        let Some(last) = messages.last().map(|m| m.offset) else {
+            continue;
+        };
+
+        for message in &messages {
+            let mut attempt = 1;
+            loop {
+                let span = event_span(name, &message.envelope, attempt);
+                let outcome = call(handler.as_ref(), &message.envelope, policy.handler_timeout)
+                    .instrument(span.clone())
+                    .await;
+                match outcome {
+                    Ok(()) => break,
+                    Err(error) if !error.is_permanent() && attempt < policy.max_attempts => {
+                        let delay = policy.backoff(attempt);
+                        span.in_scope(|| tracing::warn!(error = %error, attempt, retry_in_ms = delay.as_millis() as u64, "handler failed, will retry"));
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            // Unhandled events of this batch are read again after a restart.
+                            () = shutdown.cancelled() => break 'read,
+                        }
+                        attempt += 1;
+                    }
+                    Err(error) => {
+                        let reason = format!("{error} (attempt {attempt} of {})", policy.max_attempts);
+                        span.in_scope(|| tracing::error!(error = %error, attempt, "handler failed, moving the event to the dead letters"));
+                        if let Err(error) = receiver.dead_letter(message, &reason).await {
+                            tracing::warn!(consumer = %name, error = %error, "failed to record a dead letter; the event will be read again");
+                            continue 'read;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(error) = receiver.commit(last).await {
+            tracing::warn!(consumer = %name, error = %error, "failed to commit the stream offset; events will be read again");
+        }
+    }
+    tracing::info!(consumer = %name, "stream reader stopped");
+}
+
+fn event_span(consumer: &str, envelope: &Envelope, attempt: u32) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event",
+        consumer,
+        event_id = %envelope.id,
+        event_type = %envelope.event_type,
+        subject = %envelope.subject,
+        order_id = tracing::field::Empty,
+        trace_id = %envelope.trace_context().trace_id(),
+        attempt,
+    );
+    if envelope.event_type.starts_with("order.") {
+        span.record("order_id", envelope.subject.as_str());
+    }
+    span
+}
+
+/// Calls the handler with a timeout, turning a panic into a permanent error.
+async fn call(handler: &dyn Handler, envelope: &Envelope, timeout: Duration) -> Result<(), HandlerError> {
+    let guarded = AssertUnwindSafe(handler.handle(envelope)).catch_unwind();
+    match tokio::time::timeout(timeout, guarded).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(HandlerError::permanent(anyhow::anyhow!("handler panicked: {message}")))
+        }
+        Err(_) => Err(HandlerError::transient(anyhow::anyhow!(
+            "handler timed out after {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}

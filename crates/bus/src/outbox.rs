@@ -1,0 +1,179 @@
+//! The transactional outbox.
+//!
+//! A service writes its state change and the events it causes in one database
+//! transaction, the events as rows of its `outbox` table ([`enqueue`]). A relay
+//! ([`OutboxRelay`]) publishes those rows to the bus in order and deletes them once
+//! the broker has confirmed them. So no event exists without its state change and no
+//! state change without its event. A crash between publishing and deleting publishes
+//! the rows again; consumers deduplicate by event id.
+//!
+//! Each service's migrations create the table:
+//!
+//! ```sql
+//! CREATE TABLE outbox (
+//!     event_id   TEXT   PRIMARY KEY,
+//!     envelope   TEXT   NOT NULL,
+//!     created_at BIGINT NOT NULL
+//! );
+//! ```
+//!
+//! Event ids are UUIDv7, which are time-ordered and, within one process, strictly
+//! increasing, so ordering rows by id publishes them in the order they were written.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Any, Row, Transaction};
+use tiffin_runtime::db::Database;
+use tiffin_runtime::time::now_millis;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Publisher;
+use crate::envelope::Envelope;
+
+/// Adds `envelope` to the outbox inside the caller's transaction.
+///
+/// # Errors
+///
+/// Returns the database error.
+pub async fn enqueue(tx: &mut Transaction<'_, Any>, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_string(envelope).expect("an envelope always serializes");
+    sqlx::query("INSERT INTO outbox (event_id, envelope, created_at) VALUES ($1, $2, $3)")
+        .bind(&envelope.id)
+        .bind(json)
+        .bind(now_millis())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Publishes a service's outbox rows to the bus.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    name: &'static str,
+    db: Database,
+    publisher: Arc<dyn Publisher>,
+    wake: Arc<Notify>,
+    batch_size: usize,
+}
+
+impl OutboxRelay {
+    /// Creates a relay for the outbox in `db`. `name` appears in logs.
+    pub fn new(name: &'static str, db: Database, publisher: Arc<dyn Publisher>) -> Self {
+        Self {
+            name,
+            db,
+            publisher,
+            wake: Arc::new(Notify::new()),
+            batch_size: 256,
+        }
+    }
+
+    /// A handle to wake the relay after committing outbox rows, so events leave
+    /// without waiting for the next poll.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Publishes one batch of pending rows and returns how many were published.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the database or the broker fails; the rows stay for the next try.
+    pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let limit = i64::try_from(self.batch_size)?;
+        let rows = sqlx::query("SELECT event_id, envelope FROM outbox ORDER BY event_id LIMIT $1")
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("event_id")?;
+            let json: String = row.try_get("envelope")?;
+            events.push(serde_json::from_str::<Envelope>(&json)?);
+            ids.push(id);
+        }
+
+        self.publisher.publish(&events).await?;
+
+        let mut tx = self.db.begin_write().await?;
+        for id in &ids {
+            sqlx::query("DELETE FROM outbox WHERE event_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        tracing::trace!(relay = self.name, published = ids.len(), "outbox batch published");
+        Ok(ids.len())
+    }
+
+    /// Publishes until the outbox is empty.
+    ///
+    /// # Errors
+    ///
+    /// Fails on the first failed batch.
+    pub async fn drain(&self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        loop {
+            let published = self.publish_batch().await?;
+            total += published;
+            if published == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Counts the rows waiting to be published.
+    ///
+    /// # Errors
+    ///
+    /// Returns the database error.
+    pub async fn backlog(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(self.db.pool())
+            .await?)
+    }
+
+    /// Runs until `shutdown` is cancelled, then publishes what is left (trying for up
+    /// to 10 s) and returns.
+    ///
+    /// Between batches it waits for a wake-up or 200 ms. After a failure it retries
+    /// after 100 ms, doubling up to 5 s.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(relay = self.name, "outbox relay started");
+        let mut delay = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.publish_batch().await {
+                Ok(0) => {
+                    delay = Duration::from_millis(100);
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+                Ok(_) => delay = Duration::from_millis(100),
+                Err(error) => {
+                    tracing::warn!(relay = self.name, error = %error, retry_in_ms = delay.as_millis() as u64, "failed to publish outbox batch");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+
+        match tokio::time::timeout(Duration::from_secs(10), self.drain()).await {
+            Ok(Ok(flushed)) => tracing::info!(relay = self.name, flushed, "outbox relay stopped"),
+            Ok(Err(error)) => tracing::error!(relay = self.name, error = %error, "outbox relay stopped with events left; they are published after the next start"),
+            Err(_) => tracing::error!(relay = self.name, "outbox relay timed out flushing; the rest is published after the next start"),
+        }
+    }
+}
