@@ -98,3 +98,29 @@ impl EventData for OrderReady {
         self.order_id.clone()
     }
 }
+
+/// Splits a replayed order's order-to-door minutes into the kitchen's preparation
+/// and the courier's share: preparation is 40 % of the total, rounded, at least 1
+/// minute and at most the total. The split is an assumption; the source data records
+/// only the total.
+pub fn split_replay_minutes(total_minutes: u32) -> (u32, u32) {
+    let total = total_minutes.max(1);
+    let preparation = ((f64::from(total) * 0.4).round() as u32).clamp(1, total);
+    (preparation, total - preparation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_the_total() {
+        assert_eq!(split_replay_minutes(30), (12, 18));
+        assert_eq!(split_replay_minutes(1), (1, 0));
+        assert_eq!(split_replay_minutes(0), (1, 0));
+        for total in 1..200 {
+            let (preparation, delivery) = split_replay_minutes(total);
+            assert_eq!(preparation + delivery, total);
+        }
+    }
+}

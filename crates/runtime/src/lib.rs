@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod db;
+pub mod hash;
 pub mod http;
 pub mod json;
 pub mod problem;
