@@ -37,6 +37,23 @@ pub trait Handler: Send + Sync + 'static {
     /// A [`HandlerError::transient`] error asks for a redelivery, a
     /// [`HandlerError::permanent`] one for dead-lettering at once.
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError>;
+
+    /// Handles a batch of stream events in log order, for handlers that can apply
+    /// many events in one transaction (projections, replicas).
+    ///
+    /// The default calls [`Handler::handle`] for each. When this fails, the stream
+    /// runner handles the batch again one event at a time, so one bad event is
+    /// retried and dead-lettered on its own. Work queues never call it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Handler::handle`].
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        for event in events {
+            self.handle(event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a handler failed, and whether trying again can help.
@@ -273,6 +290,21 @@ pub async fn run_stream(
         let Some(last) = messages.last().map(|m| m.offset) else {
             continue;
         };
+
+        let envelopes: Vec<Envelope> = messages.iter().map(|m| m.envelope.clone()).collect();
+        let whole = tokio::time::timeout(policy.handler_timeout, handler.handle_batch(&envelopes)).await;
+        match whole {
+            Ok(Ok(())) => {
+                if let Err(error) = receiver.commit(last).await {
+                    tracing::warn!(consumer = %name, error = %error, "failed to commit the stream offset; events will be read again");
+                }
+                continue;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(consumer = %name, error = %error, "batch failed, handling its events one by one");
+            }
+            Err(_) => tracing::debug!(consumer = %name, "batch timed out, handling its events one by one"),
+        }
 
         for message in &messages {
             let mut attempt = 1;

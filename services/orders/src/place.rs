@@ -1,0 +1,214 @@
+//! Placing an order: the steps between the validated request and the stored order.
+//!
+//! 1. An idempotency key seen before returns its order (same body) or 422 (another
+//!    body), without calling payments.
+//! 2. The items are priced from the menu replica.
+//! 3. Payments authorizes the total over gRPC, with a deadline. The authorization's
+//!    key is derived from the customer and the idempotency key, so a retry after a
+//!    crash reuses the first authorization instead of charging again.
+//! 4. One transaction writes the order, its lines, its timeline, the idempotency key
+//!    and the `order.placed` outbox row.
+//!
+//! A declined card or a failed call leaves nothing in the order database.
+
+use axum::http::StatusCode;
+use sha2::{Digest, Sha256};
+use tiffin_bus::envelope::Envelope;
+use tiffin_bus::outbox;
+use tiffin_events::order::{OrderLine, OrderPlaced};
+use tiffin_runtime::db::is_unique_violation;
+use tiffin_runtime::problem::{Problem, internal_error};
+use tiffin_runtime::time::now_millis;
+use tiffin_runtime::trace::TraceContext;
+
+use crate::domain::{self, PlaceOrderRequest};
+use crate::payments::{Authorization, PaymentError};
+use crate::storage::{self, NewOrder, OrderRecord, StoredAddress};
+use crate::{AppState, SOURCE};
+
+/// The result of a successful placement.
+#[derive(Debug)]
+pub struct Placed {
+    /// The order.
+    pub order: OrderRecord,
+    /// True when an earlier request with the same key created it.
+    pub replayed: bool,
+}
+
+/// Places an order for `customer_id`.
+///
+/// # Errors
+///
+/// A problem document for the client: 400 or 422 for a bad request, 402 for a
+/// declined card, 503 when payments did not answer, 500 otherwise.
+pub async fn place_order(
+    state: &AppState,
+    customer_id: &str,
+    idempotency_key: &str,
+    request: &PlaceOrderRequest,
+    trace: TraceContext,
+) -> Result<Placed, Problem> {
+    domain::validate(request)?;
+    let request_hash = hash_request(request);
+
+    if let Some(found) = replay(state, customer_id, idempotency_key, &request_hash).await? {
+        return Ok(found);
+    }
+
+    let known = storage::restaurant_known(&state.db, &request.restaurant_id)
+        .await
+        .map_err(internal_error)?;
+    let ids: Vec<&str> = request.items.iter().map(|i| i.menu_item_id.as_str()).collect();
+    let menu = storage::menu_items(&state.db, &ids).await.map_err(internal_error)?;
+    let priced = domain::price(request, known, &menu)?;
+
+    let order_id = domain::order_id_for(customer_id, idempotency_key);
+    tracing::Span::current().record("order_id", order_id.as_str());
+    let payment_key = format!("order:{order_id}");
+    let authorization = state
+        .payments
+        .authorize(&payment_key, customer_id, &order_id, priced.total_cents, &priced.currency, trace)
+        .await
+        .map_err(|error| payment_problem(&error))?;
+    let payment_id = match authorization {
+        Authorization::Authorized { payment_id } => payment_id,
+        Authorization::Declined { payment_id, reason } => {
+            tracing::info!(%payment_id, %reason, "payment declined");
+            return Err(Problem::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment-declined",
+                format!("the card was declined ({reason}); no order was placed and nothing was charged"),
+            ));
+        }
+    };
+
+    let now = now_millis();
+    let address = &request.delivery_address;
+    let new_order = NewOrder {
+        id: &order_id,
+        customer_id,
+        restaurant_id: &request.restaurant_id,
+        total_cents: priced.total_cents,
+        currency: &priced.currency,
+        payment_id: &payment_id,
+        lines: &priced.lines,
+        address: StoredAddress {
+            line1: address.line1.clone(),
+            city: address.city.clone(),
+            lat: address.lat,
+            lon: address.lon,
+        },
+        replay_delivery_minutes: request.replay_delivery_minutes,
+        now,
+    };
+    let event = Envelope::new(
+        SOURCE,
+        &OrderPlaced {
+            order_id: order_id.clone(),
+            customer_id: customer_id.to_owned(),
+            restaurant_id: request.restaurant_id.clone(),
+            lines: priced
+                .lines
+                .iter()
+                .map(|line| OrderLine {
+                    menu_item_id: line.menu_item_id.clone(),
+                    name: line.name.clone(),
+                    quantity: line.quantity,
+                    unit_price_cents: line.unit_price_cents,
+                })
+                .collect(),
+            total_cents: priced.total_cents,
+            currency: priced.currency.clone(),
+            payment_id: payment_id.clone(),
+            placed_at: now,
+            replay_delivery_minutes: request.replay_delivery_minutes,
+        },
+        Some(trace.child()),
+    );
+
+    let written = async {
+        let mut tx = state.db.begin_write().await?;
+        storage::insert_order(&mut tx, &new_order, idempotency_key, &request_hash).await?;
+        outbox::enqueue(&mut tx, &event).await?;
+        tx.commit().await
+    }
+    .await;
+    match written {
+        Ok(()) => {
+            state.relay_waker.notify_one();
+            tracing::info!(total_cents = priced.total_cents, %payment_id, "order placed");
+        }
+        Err(error) if is_unique_violation(&error) => {
+            // A concurrent request with the same key committed first; answer as it did.
+            return match replay(state, customer_id, idempotency_key, &request_hash).await? {
+                Some(found) => Ok(found),
+                None => Err(internal_error(error)),
+            };
+        }
+        Err(error) => return Err(internal_error(error)),
+    }
+
+    let order = storage::find_order(&state.db, &order_id)
+        .await
+        .map_err(internal_error)?
+        .ok_or_else(|| internal_error(anyhow::anyhow!("order {order_id} vanished after commit")))?;
+    Ok(Placed {
+        order,
+        replayed: false,
+    })
+}
+
+/// Returns the order an idempotency key created, or 422 when the body differs.
+async fn replay(
+    state: &AppState,
+    customer_id: &str,
+    idempotency_key: &str,
+    request_hash: &str,
+) -> Result<Option<Placed>, Problem> {
+    let Some((order_id, stored_hash)) =
+        storage::find_idempotency_key(&state.db, customer_id, idempotency_key)
+            .await
+            .map_err(internal_error)?
+    else {
+        return Ok(None);
+    };
+    if stored_hash != request_hash {
+        return Err(Problem::unprocessable(
+            "idempotency-key-reused",
+            format!(
+                "Idempotency-Key `{idempotency_key}` was already used for order {order_id} with a different request body; use a new key for a new order"
+            ),
+        )
+        .with_field("Idempotency-Key"));
+    }
+    tracing::Span::current().record("order_id", order_id.as_str());
+    let order = storage::find_order(&state.db, &order_id)
+        .await
+        .map_err(internal_error)?
+        .ok_or_else(|| internal_error(anyhow::anyhow!("idempotency key points to missing order {order_id}")))?;
+    Ok(Some(Placed {
+        order,
+        replayed: true,
+    }))
+}
+
+/// Hashes the canonical JSON of the request, so whitespace and key order in the
+/// client's body do not matter.
+fn hash_request(request: &PlaceOrderRequest) -> String {
+    let canonical = serde_json::to_vec(request).expect("a request always serializes");
+    let digest = Sha256::digest(&canonical);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn payment_problem(error: &PaymentError) -> Problem {
+    match error {
+        PaymentError::DeadlineExceeded(_) | PaymentError::Unavailable(_) => {
+            tracing::warn!(error = %error, "payment authorization failed");
+            Problem::unavailable(
+                format!("{error}; no order was placed: retry with the same Idempotency-Key"),
+                1,
+            )
+        }
+        PaymentError::Failed(status) => internal_error(anyhow::anyhow!("payment call failed: {status}")),
+    }
+}

@@ -1,0 +1,386 @@
+//! The order service's SQL. Every query is portable between SQLite and PostgreSQL.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use tiffin_events::menu::MenuItemUpserted;
+use tiffin_runtime::db::Database;
+
+use crate::domain::{MenuItem, OrderStatus, PricedLine};
+
+/// An order as stored, with its lines and timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderRecord {
+    /// The order id.
+    pub id: String,
+    /// The customer's user id.
+    pub customer_id: String,
+    /// The restaurant.
+    pub restaurant_id: String,
+    /// Where it stands.
+    pub status: OrderStatus,
+    /// Sum of the lines in minor units.
+    pub total_cents: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The payment authorization.
+    pub payment_id: String,
+    /// What was ordered.
+    pub lines: Vec<PricedLine>,
+    /// Where it goes.
+    pub delivery_address: StoredAddress,
+    /// Status changes, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+    /// Replay minutes, when the order replays a real one.
+    #[serde(skip)]
+    pub replay_delivery_minutes: Option<u32>,
+}
+
+/// The stored delivery address.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredAddress {
+    /// Street and number.
+    pub line1: String,
+    /// City.
+    pub city: String,
+    /// Latitude in degrees.
+    pub lat: f64,
+    /// Longitude in degrees.
+    pub lon: f64,
+}
+
+/// One status change.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEntry {
+    /// The new status.
+    pub status: OrderStatus,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// A new order to insert.
+#[derive(Debug)]
+pub struct NewOrder<'a> {
+    /// The order id.
+    pub id: &'a str,
+    /// The customer.
+    pub customer_id: &'a str,
+    /// The restaurant.
+    pub restaurant_id: &'a str,
+    /// Sum in minor units.
+    pub total_cents: i64,
+    /// ISO 4217 code.
+    pub currency: &'a str,
+    /// The authorization.
+    pub payment_id: &'a str,
+    /// Lines.
+    pub lines: &'a [PricedLine],
+    /// Address.
+    pub address: StoredAddress,
+    /// Replay minutes.
+    pub replay_delivery_minutes: Option<u32>,
+    /// Unix milliseconds.
+    pub now: i64,
+}
+
+/// Looks up an idempotency key: the order it created and the request hash.
+pub async fn find_idempotency_key(
+    db: &Database,
+    customer_id: &str,
+    key: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT order_id, request_hash FROM idempotency_keys WHERE customer_id = $1 AND idempotency_key = $2",
+    )
+    .bind(customer_id)
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|row| Ok((row.try_get("order_id")?, row.try_get("request_hash")?)))
+        .transpose()
+}
+
+/// Returns true when the replica knows any item of the restaurant.
+pub async fn restaurant_known(db: &Database, restaurant_id: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM menu_replica WHERE restaurant_id = $1 LIMIT 1")
+            .bind(restaurant_id)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(found.is_some())
+}
+
+/// Loads the replica rows of the given item ids, keyed by id.
+pub async fn menu_items(db: &Database, ids: &[&str]) -> Result<HashMap<String, MenuItem>, sqlx::Error> {
+    let mut items = HashMap::with_capacity(ids.len());
+    for id in ids {
+        let row = sqlx::query(
+            "SELECT menu_item_id, restaurant_id, name, price_cents, currency, available \
+             FROM menu_replica WHERE menu_item_id = $1",
+        )
+        .bind(*id)
+        .fetch_optional(db.pool())
+        .await?;
+        if let Some(row) = row {
+            let available: i64 = row.try_get("available")?;
+            items.insert(
+                (*id).to_owned(),
+                MenuItem {
+                    menu_item_id: row.try_get("menu_item_id")?,
+                    restaurant_id: row.try_get("restaurant_id")?,
+                    name: row.try_get("name")?,
+                    price_cents: row.try_get("price_cents")?,
+                    currency: row.try_get("currency")?,
+                    available: available != 0,
+                },
+            );
+        }
+    }
+    Ok(items)
+}
+
+/// Counts the items in the menu replica.
+pub async fn menu_replica_size(db: &Database) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM menu_replica")
+        .fetch_one(db.pool())
+        .await
+}
+
+/// Applies a menu item event to the replica, keeping the highest revision.
+pub async fn upsert_menu_item(
+    tx: &mut Transaction<'_, Any>,
+    item: &MenuItemUpserted,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO menu_replica (menu_item_id, restaurant_id, restaurant_name, name, price_cents, currency, available, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (menu_item_id) DO UPDATE SET restaurant_id = excluded.restaurant_id, \
+           restaurant_name = excluded.restaurant_name, name = excluded.name, price_cents = excluded.price_cents, \
+           currency = excluded.currency, available = excluded.available, revision = excluded.revision \
+         WHERE excluded.revision > menu_replica.revision",
+    )
+    .bind(&item.menu_item_id)
+    .bind(&item.restaurant_id)
+    .bind(&item.restaurant_name)
+    .bind(&item.name)
+    .bind(item.price_cents)
+    .bind(&item.currency)
+    .bind(i64::from(item.available))
+    .bind(item.revision)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts an order, its lines, its first timeline entry and its idempotency key.
+///
+/// # Errors
+///
+/// A unique violation means a concurrent request with the same key won the race.
+pub async fn insert_order(
+    tx: &mut Transaction<'_, Any>,
+    order: &NewOrder<'_>,
+    idempotency_key: &str,
+    request_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (customer_id, idempotency_key, request_hash, order_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(order.customer_id)
+    .bind(idempotency_key)
+    .bind(request_hash)
+    .bind(order.id)
+    .bind(order.now)
+    .execute(&mut **tx)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, restaurant_id, status, total_cents, currency, payment_id, \
+           address_line1, address_city, address_lat, address_lon, replay_delivery_minutes, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+    )
+    .bind(order.id)
+    .bind(order.customer_id)
+    .bind(order.restaurant_id)
+    .bind(OrderStatus::Placed.as_str())
+    .bind(order.total_cents)
+    .bind(order.currency)
+    .bind(order.payment_id)
+    .bind(&order.address.line1)
+    .bind(&order.address.city)
+    .bind(order.address.lat)
+    .bind(order.address.lon)
+    .bind(order.replay_delivery_minutes.map(i64::from))
+    .bind(order.now)
+    .execute(&mut **tx)
+    .await?;
+
+    for (line_no, line) in order.lines.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO order_lines (order_id, line_no, menu_item_id, name, quantity, unit_price_cents) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(order.id)
+        .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
+        .bind(&line.menu_item_id)
+        .bind(&line.name)
+        .bind(i64::from(line.quantity))
+        .bind(line.unit_price_cents)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    record_status(tx, order.id, OrderStatus::Placed, order.now, None).await
+}
+
+/// Appends a timeline entry; a repeated status keeps its first time.
+pub async fn record_status(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+    status: OrderStatus,
+    at: i64,
+    event_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_status_history (order_id, status, changed_at, event_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(status.as_str())
+    .bind(at)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Reads an order's status inside a transaction.
+pub async fn status_for_update(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+) -> Result<Option<OrderStatus>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    status
+        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
+        .transpose()
+}
+
+/// Sets an order's status.
+pub async fn set_status(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+    status: OrderStatus,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET status = $2, updated_at = $3 WHERE order_id = $1")
+        .bind(order_id)
+        .bind(status.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Loads an order with its lines and timeline.
+pub async fn find_order(db: &Database, order_id: &str) -> Result<Option<OrderRecord>, sqlx::Error> {
+    let Some(row) = sqlx::query("SELECT * FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(db.pool())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut order = order_from_row(&row)?;
+
+    let lines = sqlx::query(
+        "SELECT menu_item_id, name, quantity, unit_price_cents FROM order_lines WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(order_id)
+    .fetch_all(db.pool())
+    .await?;
+    for line in lines {
+        let quantity: i64 = line.try_get("quantity")?;
+        order.lines.push(PricedLine {
+            menu_item_id: line.try_get("menu_item_id")?,
+            name: line.try_get("name")?,
+            quantity: u32::try_from(quantity).unwrap_or(0),
+            unit_price_cents: line.try_get("unit_price_cents")?,
+        });
+    }
+
+    let history = sqlx::query(
+        "SELECT status, changed_at FROM order_status_history WHERE order_id = $1 ORDER BY changed_at, status",
+    )
+    .bind(order_id)
+    .fetch_all(db.pool())
+    .await?;
+    for entry in history {
+        let status: String = entry.try_get("status")?;
+        order.timeline.push(TimelineEntry {
+            status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            at: entry.try_get("changed_at")?,
+        });
+    }
+    Ok(Some(order))
+}
+
+/// Lists a customer's orders, newest first, without lines or timeline.
+pub async fn list_customer_orders(
+    db: &Database,
+    customer_id: &str,
+    limit: i64,
+) -> Result<Vec<OrderRecord>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT * FROM orders WHERE customer_id = $1 ORDER BY created_at DESC, order_id DESC LIMIT $2",
+    )
+    .bind(customer_id)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(order_from_row).collect()
+}
+
+/// Counts orders per status.
+pub async fn count_by_status(db: &Database) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
+        .collect()
+}
+
+fn order_from_row(row: &AnyRow) -> Result<OrderRecord, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let replay: Option<i64> = row.try_get("replay_delivery_minutes")?;
+    Ok(OrderRecord {
+        id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        restaurant_id: row.try_get("restaurant_id")?,
+        status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        total_cents: row.try_get("total_cents")?,
+        currency: row.try_get("currency")?,
+        payment_id: row.try_get("payment_id")?,
+        lines: Vec::new(),
+        delivery_address: StoredAddress {
+            line1: row.try_get("address_line1")?,
+            city: row.try_get("address_city")?,
+            lat: row.try_get("address_lat")?,
+            lon: row.try_get("address_lon")?,
+        },
+        timeline: Vec::new(),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        replay_delivery_minutes: replay.and_then(|m| u32::try_from(m).ok()),
+    })
+}
