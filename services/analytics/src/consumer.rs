@@ -1,0 +1,66 @@
+//! The projection: folds order events into `order_facts`.
+
+use async_trait::async_trait;
+use tiffin_bus::envelope::Envelope;
+use tiffin_bus::{Handler, HandlerError, inbox};
+use tiffin_events::order::{OrderAccepted, OrderPlaced, OrderReady};
+use tiffin_runtime::db::Database;
+use sqlx::{Any, Transaction};
+
+use crate::storage;
+
+/// The inbox's consumer name, shared by the live reader and a rebuild.
+pub const CONSUMER: &str = "analytics";
+
+/// Applies order events to the projection, each exactly once through the inbox.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    db: Database,
+}
+
+impl Projection {
+    /// Creates the projection over the analytics database.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl Handler for Projection {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(event)).await
+    }
+
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let mut tx = self.db.begin_write().await?;
+        for event in events {
+            if inbox::record(&mut tx, CONSUMER, &event.id).await? {
+                apply(&mut tx, event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn apply(tx: &mut Transaction<'_, Any>, event: &Envelope) -> Result<(), HandlerError> {
+    match event.event_type.as_str() {
+        "order.placed" => {
+            let data = event.decode::<OrderPlaced>().map_err(HandlerError::permanent)?;
+            storage::record_placed(tx, &data.order_id, &data.restaurant_id, data.total_cents, &data.currency, data.placed_at)
+                .await?;
+        }
+        "order.accepted" => {
+            let data = event.decode::<OrderAccepted>().map_err(HandlerError::permanent)?;
+            storage::record_accepted(tx, &data.order_id, data.accepted_at).await?;
+        }
+        "order.ready" => {
+            let data = event.decode::<OrderReady>().map_err(HandlerError::permanent)?;
+            storage::record_ready(tx, &data.order_id, data.ready_at, data.preparation_ms).await?;
+        }
+        // Later order events (pickup, delivery, rejection) are read and skipped until
+        // the projection has figures for them.
+        other => tracing::trace!(event_type = other, "event type not projected"),
+    }
+    Ok(())
+}

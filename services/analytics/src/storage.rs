@@ -1,0 +1,186 @@
+//! The projection's SQL.
+
+use serde::Serialize;
+use sqlx::{Any, Row, Transaction};
+use tiffin_runtime::db::Database;
+
+/// Records a placed order.
+pub async fn record_placed(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+    restaurant_id: &str,
+    total_cents: i64,
+    currency: &str,
+    placed_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_facts (order_id, restaurant_id, total_cents, currency, placed_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (order_id) DO UPDATE SET restaurant_id = excluded.restaurant_id, \
+           total_cents = excluded.total_cents, currency = excluded.currency, placed_at = excluded.placed_at",
+    )
+    .bind(order_id)
+    .bind(restaurant_id)
+    .bind(total_cents)
+    .bind(currency)
+    .bind(placed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records an acceptance. The order's row may not exist yet when events arrive out of
+/// order; the later `order.placed` fills in the rest.
+pub async fn record_accepted(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+    accepted_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_facts (order_id, accepted_at) VALUES ($1, $2) \
+         ON CONFLICT (order_id) DO UPDATE SET accepted_at = excluded.accepted_at",
+    )
+    .bind(order_id)
+    .bind(accepted_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records that an order is ready, with its preparation time.
+pub async fn record_ready(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+    ready_at: i64,
+    preparation_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_facts (order_id, ready_at, preparation_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (order_id) DO UPDATE SET ready_at = excluded.ready_at, preparation_ms = excluded.preparation_ms",
+    )
+    .bind(order_id)
+    .bind(ready_at)
+    .bind(preparation_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The figures at `GET /v1/analytics/summary`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Orders placed.
+    pub orders: i64,
+    /// Orders that reached ready.
+    pub ready: i64,
+    /// Sum of the placed orders' totals, in minor units.
+    pub revenue_cents: i64,
+    /// The currency of the revenue, or null before the first order.
+    pub currency: Option<String>,
+    /// Orders placed per minute between the first and the last placement (the count
+    /// itself when they all fall within one minute).
+    pub orders_per_minute: f64,
+    /// The most orders placed within one calendar minute.
+    pub peak_orders_per_minute: i64,
+    /// Mean time from acceptance to ready, in milliseconds, or null before the first
+    /// ready order.
+    pub mean_preparation_ms: Option<f64>,
+    /// The ten restaurants with the most orders, ties broken by id.
+    pub top_restaurants: Vec<RestaurantFigure>,
+}
+
+/// One restaurant's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestaurantFigure {
+    /// The restaurant.
+    pub restaurant_id: String,
+    /// Orders placed with it.
+    pub orders: i64,
+    /// Their total, in minor units.
+    pub revenue_cents: i64,
+}
+
+/// Computes the summary from the projection.
+pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
+    let pool = db.pool();
+    let totals = sqlx::query(
+        "SELECT COUNT(*) AS orders, COALESCE(SUM(total_cents), 0) AS revenue, \
+           COALESCE(MIN(placed_at), 0) AS first_at, COALESCE(MAX(placed_at), 0) AS last_at, \
+           MIN(currency) AS currency \
+         FROM order_facts WHERE placed_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let orders: i64 = totals.try_get("orders")?;
+    let revenue_cents: i64 = totals.try_get("revenue")?;
+    let first_at: i64 = totals.try_get("first_at")?;
+    let last_at: i64 = totals.try_get("last_at")?;
+    let currency: Option<String> = totals.try_get("currency")?;
+
+    let ready: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM order_facts WHERE ready_at IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    // AVG returns a float on both engines; read the sum and count instead so the
+    // type is the same everywhere.
+    let preparation = sqlx::query(
+        "SELECT COALESCE(SUM(preparation_ms), 0) AS total, COUNT(preparation_ms) AS n FROM order_facts",
+    )
+    .fetch_one(pool)
+    .await?;
+    let preparation_total: i64 = preparation.try_get("total")?;
+    let preparation_count: i64 = preparation.try_get("n")?;
+
+    let peak: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM order_facts \
+         WHERE placed_at IS NOT NULL GROUP BY placed_at / 60000) AS per_minute",
+    )
+    .fetch_one(pool)
+    .await?;
+
+    let rows = sqlx::query(
+        "SELECT restaurant_id, COUNT(*) AS orders, COALESCE(SUM(total_cents), 0) AS revenue FROM order_facts \
+         WHERE placed_at IS NOT NULL GROUP BY restaurant_id ORDER BY orders DESC, restaurant_id LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut top_restaurants = Vec::with_capacity(rows.len());
+    for row in rows {
+        top_restaurants.push(RestaurantFigure {
+            restaurant_id: row.try_get("restaurant_id")?,
+            orders: row.try_get("orders")?,
+            revenue_cents: row.try_get("revenue")?,
+        });
+    }
+
+    let span_minutes = (last_at - first_at) as f64 / 60_000.0;
+    let orders_per_minute = if span_minutes < 1.0 {
+        orders as f64
+    } else {
+        orders as f64 / span_minutes
+    };
+    Ok(Summary {
+        orders,
+        ready,
+        revenue_cents,
+        currency,
+        orders_per_minute,
+        peak_orders_per_minute: peak,
+        mean_preparation_ms: (preparation_count > 0)
+            .then(|| preparation_total as f64 / preparation_count as f64),
+        top_restaurants,
+    })
+}
+
+/// Deletes the projection and the inbox, before a rebuild.
+pub async fn reset(db: &Database) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("DELETE FROM order_facts").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM inbox").execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Reads a count for reports.
+pub async fn fact_count(db: &Database) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM order_facts").fetch_one(db.pool()).await?;
+    row.try_get("n")
+}
