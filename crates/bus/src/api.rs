@@ -108,7 +108,11 @@ pub trait QueueReceiver: Send + Debug {
     /// # Errors
     ///
     /// Fails when the broker cannot be reached.
-    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, ReceiveError>;
+    async fn fetch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<QueueMessage>, ReceiveError>;
 }
 
 /// Settles one work-queue message. Implemented by backends.
@@ -190,8 +194,11 @@ pub trait StreamReceiver: Send + Debug {
     /// # Errors
     ///
     /// Fails when the broker cannot be reached.
-    async fn fetch(&mut self, max: usize, wait: Duration)
-    -> Result<Vec<StreamMessage>, ReceiveError>;
+    async fn fetch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StreamMessage>, ReceiveError>;
 
     /// Stores `offset` as the group's position: after a restart the group resumes
     /// with the next event.
@@ -207,8 +214,7 @@ pub trait StreamReceiver: Send + Debug {
     /// # Errors
     ///
     /// Fails when the broker cannot be reached.
-    async fn dead_letter(&mut self, message: &StreamMessage, reason: &str)
-    -> Result<(), AckError>;
+    async fn dead_letter(&mut self, message: &StreamMessage, reason: &str) -> Result<(), AckError>;
 }
 
 /// Publishing failed.
@@ -240,10 +246,12 @@ pub struct AckError(#[source] pub anyhow::Error);
 /// Returns true when `event_type` matches one of `patterns`. A pattern ending in
 /// `*` matches any type starting with what precedes the `*`.
 pub fn matches_any(patterns: &[String], event_type: &str) -> bool {
-    patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
-        Some(prefix) => event_type.starts_with(prefix),
-        None => pattern == event_type,
-    })
+    patterns
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => event_type.starts_with(prefix),
+            None => pattern == event_type,
+        })
 }
 
 #[cfg(test)]

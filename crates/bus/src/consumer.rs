@@ -38,12 +38,14 @@ pub trait Handler: Send + Sync + 'static {
     /// [`HandlerError::permanent`] one for dead-lettering at once.
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError>;
 
-    /// Handles a batch of stream events in log order, for handlers that can apply
-    /// many events in one transaction (projections, replicas).
+    /// Handles a batch of stream events in log order, all or nothing, for handlers
+    /// that can apply many events in one transaction (projections, replicas).
     ///
-    /// The default calls [`Handler::handle`] for each. When this fails, the stream
-    /// runner handles the batch again one event at a time, so one bad event is
-    /// retried and dead-lettered on its own. Work queues never call it.
+    /// The stream runner calls it only when [`Handler::applies_batches`] returns
+    /// true. When it fails, the runner handles the batch again one event at a time,
+    /// so one bad event is retried and dead-lettered on its own; that is safe only
+    /// because a failed batch changed nothing. Work queues never call it. The default
+    /// calls [`Handler::handle`] for each event.
     ///
     /// # Errors
     ///
@@ -53,6 +55,11 @@ pub trait Handler: Send + Sync + 'static {
             self.handle(event).await?;
         }
         Ok(())
+    }
+
+    /// Returns true when [`Handler::handle_batch`] applies a batch atomically.
+    fn applies_batches(&self) -> bool {
+        false
     }
 }
 
@@ -209,7 +216,9 @@ pub async fn run_queue(
     let max = u32::try_from(concurrency).unwrap_or(u32::MAX);
     match tokio::time::timeout(policy.drain_timeout, permits.acquire_many(max)).await {
         Ok(_) => tracing::info!(consumer = %name, "consumer stopped"),
-        Err(_) => tracing::warn!(consumer = %name, "consumer stopped with handlers still running; their messages will be redelivered"),
+        Err(_) => {
+            tracing::warn!(consumer = %name, "consumer stopped with handlers still running; their messages will be redelivered")
+        }
     }
 }
 
@@ -291,19 +300,25 @@ pub async fn run_stream(
             continue;
         };
 
-        let envelopes: Vec<Envelope> = messages.iter().map(|m| m.envelope.clone()).collect();
-        let whole = tokio::time::timeout(policy.handler_timeout, handler.handle_batch(&envelopes)).await;
-        match whole {
-            Ok(Ok(())) => {
-                if let Err(error) = receiver.commit(last).await {
-                    tracing::warn!(consumer = %name, error = %error, "failed to commit the stream offset; events will be read again");
+        if handler.applies_batches() {
+            let envelopes: Vec<Envelope> = messages.iter().map(|m| m.envelope.clone()).collect();
+            let whole =
+                tokio::time::timeout(policy.handler_timeout, handler.handle_batch(&envelopes))
+                    .await;
+            match whole {
+                Ok(Ok(())) => {
+                    if let Err(error) = receiver.commit(last).await {
+                        tracing::warn!(consumer = %name, error = %error, "failed to commit the stream offset; events will be read again");
+                    }
+                    continue;
                 }
-                continue;
+                Ok(Err(error)) => {
+                    tracing::debug!(consumer = %name, error = %error, "batch failed, handling its events one by one");
+                }
+                Err(_) => {
+                    tracing::debug!(consumer = %name, "batch timed out, handling its events one by one")
+                }
             }
-            Ok(Err(error)) => {
-                tracing::debug!(consumer = %name, error = %error, "batch failed, handling its events one by one");
-            }
-            Err(_) => tracing::debug!(consumer = %name, "batch timed out, handling its events one by one"),
         }
 
         for message in &messages {
@@ -326,7 +341,8 @@ pub async fn run_stream(
                         attempt += 1;
                     }
                     Err(error) => {
-                        let reason = format!("{error} (attempt {attempt} of {})", policy.max_attempts);
+                        let reason =
+                            format!("{error} (attempt {attempt} of {})", policy.max_attempts);
                         span.in_scope(|| tracing::error!(error = %error, attempt, "handler failed, moving the event to the dead letters"));
                         if let Err(error) = receiver.dead_letter(message, &reason).await {
                             tracing::warn!(consumer = %name, error = %error, "failed to record a dead letter; the event will be read again");
@@ -362,7 +378,11 @@ fn event_span(consumer: &str, envelope: &Envelope, attempt: u32) -> tracing::Spa
 }
 
 /// Calls the handler with a timeout, turning a panic into a permanent error.
-async fn call(handler: &dyn Handler, envelope: &Envelope, timeout: Duration) -> Result<(), HandlerError> {
+async fn call(
+    handler: &dyn Handler,
+    envelope: &Envelope,
+    timeout: Duration,
+) -> Result<(), HandlerError> {
     let guarded = AssertUnwindSafe(handler.handle(envelope)).catch_unwind();
     match tokio::time::timeout(timeout, guarded).await {
         Ok(Ok(outcome)) => outcome,
@@ -372,7 +392,9 @@ async fn call(handler: &dyn Handler, envelope: &Envelope, timeout: Duration) -> 
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(HandlerError::permanent(anyhow::anyhow!("handler panicked: {message}")))
+            Err(HandlerError::permanent(anyhow::anyhow!(
+                "handler panicked: {message}"
+            )))
         }
         Err(_) => Err(HandlerError::transient(anyhow::anyhow!(
             "handler timed out after {} ms",

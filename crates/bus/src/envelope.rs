@@ -185,6 +185,10 @@ mod tests {
 
         let error = envelope.decode::<Pinged>().expect_err("wrong type");
 
-        assert!(error.to_string().contains("expected event type test.pinged"));
+        assert!(
+            error
+                .to_string()
+                .contains("expected event type test.pinged")
+        );
     }
 }

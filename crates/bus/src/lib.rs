@@ -32,9 +32,8 @@ pub mod inbox;
 pub mod outbox;
 
 pub use api::{
-    AckError, Bus, PublishError, Publisher, QueueMessage, QueueReceiver, QueueSpec,
-    ReceiveError, StartPosition, StreamMessage, StreamReceiver, StreamSpec, SubscribeError,
-    Subscriber,
+    AckError, Bus, PublishError, Publisher, QueueMessage, QueueReceiver, QueueSpec, ReceiveError,
+    StartPosition, StreamMessage, StreamReceiver, StreamSpec, SubscribeError, Subscriber,
 };
 pub use consumer::{Handler, HandlerError, RetryPolicy};
 pub use envelope::Envelope;

@@ -37,7 +37,10 @@ use crate::envelope::Envelope;
 /// # Errors
 ///
 /// Returns the database error.
-pub async fn enqueue(tx: &mut Transaction<'_, Any>, envelope: &Envelope) -> Result<(), sqlx::Error> {
+pub async fn enqueue(
+    tx: &mut Transaction<'_, Any>,
+    envelope: &Envelope,
+) -> Result<(), sqlx::Error> {
     let json = serde_json::to_string(envelope).expect("an envelope always serializes");
     sqlx::query("INSERT INTO outbox (event_id, envelope, created_at) VALUES ($1, $2, $3)")
         .bind(&envelope.id)
@@ -109,7 +112,11 @@ impl OutboxRelay {
                 .await?;
         }
         tx.commit().await?;
-        tracing::trace!(relay = self.name, published = ids.len(), "outbox batch published");
+        tracing::trace!(
+            relay = self.name,
+            published = ids.len(),
+            "outbox batch published"
+        );
         Ok(ids.len())
     }
 
@@ -172,8 +179,13 @@ impl OutboxRelay {
 
         match tokio::time::timeout(Duration::from_secs(10), self.drain()).await {
             Ok(Ok(flushed)) => tracing::info!(relay = self.name, flushed, "outbox relay stopped"),
-            Ok(Err(error)) => tracing::error!(relay = self.name, error = %error, "outbox relay stopped with events left; they are published after the next start"),
-            Err(_) => tracing::error!(relay = self.name, "outbox relay timed out flushing; the rest is published after the next start"),
+            Ok(Err(error)) => {
+                tracing::error!(relay = self.name, error = %error, "outbox relay stopped with events left; they are published after the next start")
+            }
+            Err(_) => tracing::error!(
+                relay = self.name,
+                "outbox relay timed out flushing; the rest is published after the next start"
+            ),
         }
     }
 }

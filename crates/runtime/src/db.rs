@@ -28,7 +28,9 @@ pub enum Engine {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The URL's scheme is neither `sqlite:` nor `postgres:`.
-    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://USER:PASSWORD@HOST/DB")]
+    #[error(
+        "unsupported database URL `{0}`: use sqlite://PATH or postgres://USER:PASSWORD@HOST/DB"
+    )]
     UnsupportedUrl(String),
     /// The directory for a SQLite file could not be created.
     #[error("failed to create directory {path}: {source}")]
@@ -198,7 +200,10 @@ fn create_parent_dir(url: &str) -> Result<(), OpenError> {
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent).map_err(|source| OpenError::CreateDir {
             path: parent.display().to_string(),
             source,

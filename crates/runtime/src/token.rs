@@ -74,7 +74,9 @@ pub struct Jwk {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     /// No `Authorization` header.
-    #[error("missing access token: send `Authorization: Bearer <token>` with a token from POST /v1/auth/login")]
+    #[error(
+        "missing access token: send `Authorization: Bearer <token>` with a token from POST /v1/auth/login"
+    )]
     Missing,
     /// The header is not `Bearer <token>`.
     #[error("the Authorization header must have the form `Bearer <token>`")]
@@ -106,7 +108,10 @@ pub struct TokenVerifier {
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenVerifier")
-            .field("kids", &self.keys.iter().map(|(kid, _)| kid).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &self.keys.iter().map(|(kid, _)| kid).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -161,7 +166,9 @@ impl TokenVerifier {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => {
-                    return Err(error.context(format!("failed to fetch the auth key set from {jwks_url}")));
+                    return Err(
+                        error.context(format!("failed to fetch the auth key set from {jwks_url}"))
+                    );
                 }
             }
         }

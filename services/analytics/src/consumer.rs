@@ -1,11 +1,11 @@
 //! The projection: folds order events into `order_facts`.
 
 use async_trait::async_trait;
+use sqlx::{Any, Transaction};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::{Handler, HandlerError, inbox};
 use tiffin_events::order::{OrderAccepted, OrderPlaced, OrderReady};
 use tiffin_runtime::db::Database;
-use sqlx::{Any, Transaction};
 
 use crate::storage;
 
@@ -31,6 +31,10 @@ impl Handler for Projection {
         self.handle_batch(std::slice::from_ref(event)).await
     }
 
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
     async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
         let mut tx = self.db.begin_write().await?;
         for event in events {
@@ -46,16 +50,29 @@ impl Handler for Projection {
 async fn apply(tx: &mut Transaction<'_, Any>, event: &Envelope) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
         "order.placed" => {
-            let data = event.decode::<OrderPlaced>().map_err(HandlerError::permanent)?;
-            storage::record_placed(tx, &data.order_id, &data.restaurant_id, data.total_cents, &data.currency, data.placed_at)
-                .await?;
+            let data = event
+                .decode::<OrderPlaced>()
+                .map_err(HandlerError::permanent)?;
+            storage::record_placed(
+                tx,
+                &data.order_id,
+                &data.restaurant_id,
+                data.total_cents,
+                &data.currency,
+                data.placed_at,
+            )
+            .await?;
         }
         "order.accepted" => {
-            let data = event.decode::<OrderAccepted>().map_err(HandlerError::permanent)?;
+            let data = event
+                .decode::<OrderAccepted>()
+                .map_err(HandlerError::permanent)?;
             storage::record_accepted(tx, &data.order_id, data.accepted_at).await?;
         }
         "order.ready" => {
-            let data = event.decode::<OrderReady>().map_err(HandlerError::permanent)?;
+            let data = event
+                .decode::<OrderReady>()
+                .map_err(HandlerError::permanent)?;
             storage::record_ready(tx, &data.order_id, data.ready_at, data.preparation_ms).await?;
         }
         // Later order events (pickup, delivery, rejection) are read and skipped until

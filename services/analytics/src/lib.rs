@@ -76,7 +76,8 @@ impl Service {
     ///
     /// Fails when the database cannot be opened or the address is taken.
     pub async fn build(settings: Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let db = Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR).await?;
+        let db =
+            Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR).await?;
         let listener = tiffin_runtime::http::bind(settings.http_addr).await?;
         let http_addr = listener.local_addr()?;
         Ok(Self {
@@ -123,7 +124,8 @@ impl Service {
         ));
 
         let router = tiffin_runtime::http::with_common_layers(routes::router(self.db.clone()));
-        let served = tiffin_runtime::http::serve("analytics", self.listener, router, shutdown).await;
+        let served =
+            tiffin_runtime::http::serve("analytics", self.listener, router, shutdown).await;
 
         reader_stop.cancel();
         let _ = reader.await;
@@ -165,13 +167,18 @@ pub async fn rebuild(database_url: &str, bus: Arc<dyn Bus>) -> anyhow::Result<st
         stop.clone(),
     ));
 
-    let waited = tokio::time::timeout(Duration::from_secs(600), caught_up.wait_for(|done| *done)).await;
+    let waited =
+        tokio::time::timeout(Duration::from_secs(600), caught_up.wait_for(|done| *done)).await;
     stop.cancel();
     let _ = reader.await;
     match waited {
         Ok(Ok(_)) => {}
-        Ok(Err(_)) => anyhow::bail!("the rebuild reader stopped before reaching the end of the stream"),
-        Err(_) => anyhow::bail!("the rebuild did not reach the end of the stream within 10 minutes"),
+        Ok(Err(_)) => {
+            anyhow::bail!("the rebuild reader stopped before reaching the end of the stream")
+        }
+        Err(_) => {
+            anyhow::bail!("the rebuild did not reach the end of the stream within 10 minutes")
+        }
     }
 
     let summary = storage::summary(&db).await?;

@@ -117,9 +117,10 @@ pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
     let last_at: i64 = totals.try_get("last_at")?;
     let currency: Option<String> = totals.try_get("currency")?;
 
-    let ready: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM order_facts WHERE ready_at IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
+    let ready: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM order_facts WHERE ready_at IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
     // AVG returns a float on both engines; read the sum and count instead so the
     // type is the same everywhere.
     let preparation = sqlx::query(
@@ -174,13 +175,17 @@ pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
 /// Deletes the projection and the inbox, before a rebuild.
 pub async fn reset(db: &Database) -> Result<(), sqlx::Error> {
     let mut tx = db.begin_write().await?;
-    sqlx::query("DELETE FROM order_facts").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM order_facts")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM inbox").execute(&mut *tx).await?;
     tx.commit().await
 }
 
 /// Reads a count for reports.
 pub async fn fact_count(db: &Database) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM order_facts").fetch_one(db.pool()).await?;
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM order_facts")
+        .fetch_one(db.pool())
+        .await?;
     row.try_get("n")
 }

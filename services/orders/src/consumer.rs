@@ -41,10 +41,18 @@ impl Handler for MenuReplica {
         self.handle_batch(std::slice::from_ref(event)).await
     }
 
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
     async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
         let mut items = Vec::with_capacity(events.len());
         for event in events {
-            items.push(event.decode::<MenuItemUpserted>().map_err(HandlerError::permanent)?);
+            items.push(
+                event
+                    .decode::<MenuItemUpserted>()
+                    .map_err(HandlerError::permanent)?,
+            );
         }
         let mut tx = self.db.begin_write().await?;
         for item in &items {
@@ -74,11 +82,15 @@ impl Handler for OrderLifecycle {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
         let (order_id, order_event, at) = match event.event_type.as_str() {
             "order.accepted" => {
-                let data = event.decode::<OrderAccepted>().map_err(HandlerError::permanent)?;
+                let data = event
+                    .decode::<OrderAccepted>()
+                    .map_err(HandlerError::permanent)?;
                 (data.order_id, OrderEvent::Accepted, data.accepted_at)
             }
             "order.ready" => {
-                let data = event.decode::<OrderReady>().map_err(HandlerError::permanent)?;
+                let data = event
+                    .decode::<OrderReady>()
+                    .map_err(HandlerError::permanent)?;
                 (data.order_id, OrderEvent::Ready, data.ready_at)
             }
             other => {
@@ -96,7 +108,9 @@ impl Handler for OrderLifecycle {
         let Some(status) = storage::status_for_update(&mut tx, &order_id).await? else {
             // Events are published only after their order commits, so an unknown order
             // means another deployment's data on the same broker.
-            return Err(HandlerError::permanent(anyhow::anyhow!("order {order_id} does not exist")));
+            return Err(HandlerError::permanent(anyhow::anyhow!(
+                "order {order_id} does not exist"
+            )));
         };
         match status.apply(order_event) {
             Transition::To(next) => {

@@ -265,28 +265,43 @@ pub struct PricedOrder {
 /// A 400 problem naming the first invalid field.
 pub fn validate(request: &PlaceOrderRequest) -> Result<(), Problem> {
     if request.restaurant_id.trim().is_empty() {
-        return Err(Problem::invalid_field("restaurant_id", "restaurant_id must not be empty"));
+        return Err(Problem::invalid_field(
+            "restaurant_id",
+            "restaurant_id must not be empty",
+        ));
     }
     if request.items.is_empty() {
-        return Err(Problem::invalid_field("items", "items must list at least one menu item"));
+        return Err(Problem::invalid_field(
+            "items",
+            "items must list at least one menu item",
+        ));
     }
     if request.items.len() > MAX_LINES {
         return Err(Problem::invalid_field(
             "items",
-            format!("items lists {} lines; at most {MAX_LINES} are allowed", request.items.len()),
+            format!(
+                "items lists {} lines; at most {MAX_LINES} are allowed",
+                request.items.len()
+            ),
         ));
     }
     let mut seen = HashMap::new();
     for (index, item) in request.items.iter().enumerate() {
         if item.menu_item_id.trim().is_empty() {
             let field = format!("items[{index}].menu_item_id");
-            return Err(Problem::invalid_field(&field, format!("{field} must not be empty")));
+            return Err(Problem::invalid_field(
+                &field,
+                format!("{field} must not be empty"),
+            ));
         }
         if item.quantity == 0 || item.quantity > MAX_QUANTITY {
             let field = format!("items[{index}].quantity");
             return Err(Problem::invalid_field(
                 &field,
-                format!("{field} is {}; it must be between 1 and {MAX_QUANTITY}", item.quantity),
+                format!(
+                    "{field} is {}; it must be between 1 and {MAX_QUANTITY}",
+                    item.quantity
+                ),
             ));
         }
         if let Some(first) = seen.insert(item.menu_item_id.as_str(), index) {
@@ -302,21 +317,33 @@ pub fn validate(request: &PlaceOrderRequest) -> Result<(), Problem> {
     }
     let address = &request.delivery_address;
     if address.line1.trim().is_empty() {
-        return Err(Problem::invalid_field("delivery_address.line1", "delivery_address.line1 must not be empty"));
+        return Err(Problem::invalid_field(
+            "delivery_address.line1",
+            "delivery_address.line1 must not be empty",
+        ));
     }
     if address.city.trim().is_empty() {
-        return Err(Problem::invalid_field("delivery_address.city", "delivery_address.city must not be empty"));
+        return Err(Problem::invalid_field(
+            "delivery_address.city",
+            "delivery_address.city must not be empty",
+        ));
     }
     if !(-90.0..=90.0).contains(&address.lat) {
         return Err(Problem::invalid_field(
             "delivery_address.lat",
-            format!("delivery_address.lat is {}; it must be between -90 and 90", address.lat),
+            format!(
+                "delivery_address.lat is {}; it must be between -90 and 90",
+                address.lat
+            ),
         ));
     }
     if !(-180.0..=180.0).contains(&address.lon) {
         return Err(Problem::invalid_field(
             "delivery_address.lon",
-            format!("delivery_address.lon is {}; it must be between -180 and 180", address.lon),
+            format!(
+                "delivery_address.lon is {}; it must be between -180 and 180",
+                address.lon
+            ),
         ));
     }
     if let Some(minutes) = request.replay_delivery_minutes
@@ -347,7 +374,10 @@ pub fn price(
     if !restaurant_known {
         return Err(Problem::unprocessable(
             "unknown-restaurant",
-            format!("restaurant {} does not exist; pick one from GET /v1/restaurants", request.restaurant_id),
+            format!(
+                "restaurant {} does not exist; pick one from GET /v1/restaurants",
+                request.restaurant_id
+            ),
         )
         .with_field("restaurant_id"));
     }
@@ -376,7 +406,10 @@ pub fn price(
         if !menu_item.available {
             return Err(Problem::unprocessable(
                 "menu-item-unavailable",
-                format!("{field}: menu item {} is not available now", item.menu_item_id),
+                format!(
+                    "{field}: menu item {} is not available now",
+                    item.menu_item_id
+                ),
             )
             .with_field(field));
         }
@@ -385,7 +418,10 @@ pub fn price(
             Some(c) if *c != menu_item.currency => {
                 return Err(Problem::unprocessable(
                     "mixed-currencies",
-                    format!("{field}: menu item {} is priced in {}, the order in {c}", item.menu_item_id, menu_item.currency),
+                    format!(
+                        "{field}: menu item {} is priced in {}, the order in {c}",
+                        item.menu_item_id, menu_item.currency
+                    ),
                 )
                 .with_field(field));
             }
@@ -422,7 +458,10 @@ pub fn validate_idempotency_key(value: Option<&str>) -> Result<String, Problem> 
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(Problem::invalid_field(
             "Idempotency-Key",
-            format!("Idempotency-Key is {} bytes long; at most {MAX_IDEMPOTENCY_KEY_LEN} are allowed", key.len()),
+            format!(
+                "Idempotency-Key is {} bytes long; at most {MAX_IDEMPOTENCY_KEY_LEN} are allowed",
+                key.len()
+            ),
         ));
     }
     Ok(key.to_owned())
@@ -432,7 +471,11 @@ pub fn validate_idempotency_key(value: Option<&str>) -> Result<String, Problem> 
 /// order, so a retried request that authorizes again refers to the same order.
 pub fn order_id_for(customer_id: &str, idempotency_key: &str) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1d_2c4e_9b7a_4f0e_8d3c_5a6b_7c8d_9e0f);
-    uuid::Uuid::new_v5(&NAMESPACE, format!("{customer_id}\n{idempotency_key}").as_bytes()).to_string()
+    uuid::Uuid::new_v5(
+        &NAMESPACE,
+        format!("{customer_id}\n{idempotency_key}").as_bytes(),
+    )
+    .to_string()
 }
 
 #[cfg(test)]
@@ -451,9 +494,11 @@ mod tests {
 
     /// Applies events in sequence, ignoring stale and illegal ones, as the consumer does.
     fn replay(events: &[OrderEvent]) -> OrderStatus {
-        events.iter().fold(OrderStatus::Placed, |status, event| match status.apply(*event) {
-            Transition::To(next) => next,
-            Transition::Stale | Transition::Illegal => status,
+        events.iter().fold(OrderStatus::Placed, |status, event| {
+            match status.apply(*event) {
+                Transition::To(next) => next,
+                Transition::Stale | Transition::Illegal => status,
+            }
         })
     }
 
@@ -484,13 +529,21 @@ mod tests {
 
     #[test]
     fn ready_before_accepted_ends_ready() {
-        assert_eq!(replay(&[OrderEvent::Ready, OrderEvent::Accepted]), OrderStatus::Ready);
+        assert_eq!(
+            replay(&[OrderEvent::Ready, OrderEvent::Accepted]),
+            OrderStatus::Ready
+        );
     }
 
     #[test]
     fn nothing_leaves_a_final_status() {
         for status in OrderStatus::ALL.into_iter().filter(|s| s.is_final()) {
-            for event in [OrderEvent::Accepted, OrderEvent::Ready, OrderEvent::PickedUp, OrderEvent::Delivered] {
+            for event in [
+                OrderEvent::Accepted,
+                OrderEvent::Ready,
+                OrderEvent::PickedUp,
+                OrderEvent::Delivered,
+            ] {
                 assert!(
                     !matches!(status.apply(event), Transition::To(_)),
                     "{status} moved on {event:?}"
@@ -501,9 +554,18 @@ mod tests {
 
     #[test]
     fn cancel_only_before_pickup() {
-        assert_eq!(OrderStatus::Ready.apply(OrderEvent::Cancelled), Transition::To(OrderStatus::Cancelled));
-        assert_eq!(OrderStatus::PickedUp.apply(OrderEvent::Cancelled), Transition::Illegal);
-        assert_eq!(OrderStatus::Ready.apply(OrderEvent::Rejected), Transition::Illegal);
+        assert_eq!(
+            OrderStatus::Ready.apply(OrderEvent::Cancelled),
+            Transition::To(OrderStatus::Cancelled)
+        );
+        assert_eq!(
+            OrderStatus::PickedUp.apply(OrderEvent::Cancelled),
+            Transition::Illegal
+        );
+        assert_eq!(
+            OrderStatus::Ready.apply(OrderEvent::Rejected),
+            Transition::Illegal
+        );
     }
 
     #[test]

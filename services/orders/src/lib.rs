@@ -30,10 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
+use tiffin_bus::RetryPolicy;
 use tiffin_bus::api::{Bus, Publisher, QueueSpec, StartPosition, StreamSpec};
 use tiffin_bus::consumer::{run_queue, run_stream};
 use tiffin_bus::outbox::OutboxRelay;
-use tiffin_bus::RetryPolicy;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::{Database, PoolSettings};
 use tiffin_runtime::token::TokenVerifier;
@@ -69,7 +69,12 @@ pub struct Settings {
 
 impl Settings {
     /// Settings with the defaults for everything but the addresses.
-    pub fn new(http_addr: SocketAddr, database_url: String, jwks_url: String, payments_url: String) -> Self {
+    pub fn new(
+        http_addr: SocketAddr,
+        database_url: String,
+        jwks_url: String,
+        payments_url: String,
+    ) -> Self {
         Self {
             http_addr,
             database_url,
@@ -124,7 +129,8 @@ impl Service {
     /// Fails when the database, the auth key set or the bus cannot be reached, or the
     /// address is taken.
     pub async fn build(settings: Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let db = Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR).await?;
+        let db =
+            Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR).await?;
         let verifier = TokenVerifier::fetch(&settings.jwks_url, Duration::from_secs(30)).await?;
         let payments = PaymentsGateway::new(&settings.payments_url, settings.payment_deadline)?;
         let listener = tiffin_runtime::http::bind(settings.http_addr).await?;
@@ -209,7 +215,8 @@ impl Service {
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
 
         let router = tiffin_runtime::http::with_common_layers(routes::router(self.state.clone()));
-        let served = tiffin_runtime::http::serve("orders", self.listener, router, shutdown.clone()).await;
+        let served =
+            tiffin_runtime::http::serve("orders", self.listener, router, shutdown.clone()).await;
 
         consumers.cancel();
         let _ = tokio::join!(lifecycle, menu);

@@ -114,7 +114,9 @@ impl PaymentsGateway {
             let mut client = self.client.clone();
             match client.authorize(request).await {
                 Ok(response) => return Ok(outcome(response.into_inner())),
-                Err(status) if status.code() == Code::Unavailable && attempt < RETRY_BACKOFF.len() => {
+                Err(status)
+                    if status.code() == Code::Unavailable && attempt < RETRY_BACKOFF.len() =>
+                {
                     let backoff = RETRY_BACKOFF[attempt];
                     attempt += 1;
                     tracing::warn!(error = %status.message(), attempt, "payment service unavailable, retrying");

@@ -58,8 +58,14 @@ pub async fn place_order(
     let known = storage::restaurant_known(&state.db, &request.restaurant_id)
         .await
         .map_err(internal_error)?;
-    let ids: Vec<&str> = request.items.iter().map(|i| i.menu_item_id.as_str()).collect();
-    let menu = storage::menu_items(&state.db, &ids).await.map_err(internal_error)?;
+    let ids: Vec<&str> = request
+        .items
+        .iter()
+        .map(|i| i.menu_item_id.as_str())
+        .collect();
+    let menu = storage::menu_items(&state.db, &ids)
+        .await
+        .map_err(internal_error)?;
     let priced = domain::price(request, known, &menu)?;
 
     let order_id = domain::order_id_for(customer_id, idempotency_key);
@@ -67,7 +73,14 @@ pub async fn place_order(
     let payment_key = format!("order:{order_id}");
     let authorization = state
         .payments
-        .authorize(&payment_key, customer_id, &order_id, priced.total_cents, &priced.currency, trace)
+        .authorize(
+            &payment_key,
+            customer_id,
+            &order_id,
+            priced.total_cents,
+            &priced.currency,
+            trace,
+        )
         .await
         .map_err(|error| payment_problem(&error))?;
     let payment_id = match authorization {
@@ -77,7 +90,9 @@ pub async fn place_order(
             return Err(Problem::new(
                 StatusCode::PAYMENT_REQUIRED,
                 "payment-declined",
-                format!("the card was declined ({reason}); no order was placed and nothing was charged"),
+                format!(
+                    "the card was declined ({reason}); no order was placed and nothing was charged"
+                ),
             ));
         }
     };
@@ -185,7 +200,11 @@ async fn replay(
     let order = storage::find_order(&state.db, &order_id)
         .await
         .map_err(internal_error)?
-        .ok_or_else(|| internal_error(anyhow::anyhow!("idempotency key points to missing order {order_id}")))?;
+        .ok_or_else(|| {
+            internal_error(anyhow::anyhow!(
+                "idempotency key points to missing order {order_id}"
+            ))
+        })?;
     Ok(Some(Placed {
         order,
         replayed: true,
@@ -209,6 +228,8 @@ fn payment_problem(error: &PaymentError) -> Problem {
                 1,
             )
         }
-        PaymentError::Failed(status) => internal_error(anyhow::anyhow!("payment call failed: {status}")),
+        PaymentError::Failed(status) => {
+            internal_error(anyhow::anyhow!("payment call failed: {status}"))
+        }
     }
 }

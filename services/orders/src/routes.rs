@@ -129,7 +129,10 @@ async fn list_user_orders(
     }
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(Problem::invalid_field("limit", format!("limit is {limit}; it must be between 1 and 200")));
+        return Err(Problem::invalid_field(
+            "limit",
+            format!("limit is {limit}; it must be between 1 and 200"),
+        ));
     }
     let items = storage::list_customer_orders(&state.db, &user_id, limit)
         .await
@@ -144,7 +147,9 @@ async fn load_visible(state: &AppState, claims: &Claims, id: &str) -> Result<Ord
         .map_err(internal_error)?
         .ok_or_else(|| Problem::not_found(format!("order {id} does not exist")))?;
     if order.customer_id != claims.sub && claims.role != Role::Admin {
-        return Err(Problem::forbidden(format!("order {id} belongs to another customer")));
+        return Err(Problem::forbidden(format!(
+            "order {id} belongs to another customer"
+        )));
     }
     Ok(order)
 }
@@ -152,12 +157,17 @@ async fn load_visible(state: &AppState, claims: &Claims, id: &str) -> Result<Ord
 /// Ready when the database answers and the menu replica has caught up with the
 /// catalog's stream, so prices are known.
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, Problem> {
-    storage::menu_replica_size(&state.db).await.map_err(|error| {
-        tracing::warn!(error = %error, "database check failed");
-        Problem::unavailable("the order database does not answer", 1)
-    })?;
+    storage::menu_replica_size(&state.db)
+        .await
+        .map_err(|error| {
+            tracing::warn!(error = %error, "database check failed");
+            Problem::unavailable("the order database does not answer", 1)
+        })?;
     if !*state.replica_caught_up.borrow() {
-        return Err(Problem::unavailable("the menu replica is still catching up with the catalog", 1));
+        return Err(Problem::unavailable(
+            "the menu replica is still catching up with the catalog",
+            1,
+        ));
     }
     Ok("ready")
 }

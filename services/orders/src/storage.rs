@@ -117,7 +117,10 @@ pub async fn restaurant_known(db: &Database, restaurant_id: &str) -> Result<bool
 }
 
 /// Loads the replica rows of the given item ids, keyed by id.
-pub async fn menu_items(db: &Database, ids: &[&str]) -> Result<HashMap<String, MenuItem>, sqlx::Error> {
+pub async fn menu_items(
+    db: &Database,
+    ids: &[&str],
+) -> Result<HashMap<String, MenuItem>, sqlx::Error> {
     let mut items = HashMap::with_capacity(ids.len());
     for id in ids {
         let row = sqlx::query(
@@ -266,10 +269,11 @@ pub async fn status_for_update(
     tx: &mut Transaction<'_, Any>,
     order_id: &str,
 ) -> Result<Option<OrderStatus>, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     status
         .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
         .transpose()
@@ -327,7 +331,9 @@ pub async fn find_order(db: &Database, order_id: &str) -> Result<Option<OrderRec
     for entry in history {
         let status: String = entry.try_get("status")?;
         order.timeline.push(TimelineEntry {
-            status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            status: status
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             at: entry.try_get("changed_at")?,
         });
     }
@@ -352,9 +358,10 @@ pub async fn list_customer_orders(
 
 /// Counts orders per status.
 pub async fn count_by_status(db: &Database) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status")
-        .fetch_all(db.pool())
-        .await?;
+    let rows =
+        sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status")
+            .fetch_all(db.pool())
+            .await?;
     rows.iter()
         .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
         .collect()
@@ -367,7 +374,9 @@ fn order_from_row(row: &AnyRow) -> Result<OrderRecord, sqlx::Error> {
         id: row.try_get("order_id")?,
         customer_id: row.try_get("customer_id")?,
         restaurant_id: row.try_get("restaurant_id")?,
-        status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         total_cents: row.try_get("total_cents")?,
         currency: row.try_get("currency")?,
         payment_id: row.try_get("payment_id")?,

@@ -29,8 +29,8 @@ use tiffin_runtime::time::now_millis;
 use tokio::sync::watch;
 
 use crate::api::{
-    PublishError, Publisher, QueueReceiver, QueueSpec, StreamReceiver, StreamSpec,
-    SubscribeError, Subscriber, matches_any,
+    PublishError, Publisher, QueueReceiver, QueueSpec, StreamReceiver, StreamSpec, SubscribeError,
+    Subscriber, matches_any,
 };
 use crate::envelope::Envelope;
 
@@ -83,12 +83,17 @@ impl EmbeddedBus {
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let db = Database::open(&url, &PoolSettings::default(), &MIGRATOR).await?;
 
-        let released = sqlx::query("UPDATE queue_messages SET leased_until = NULL WHERE leased_until IS NOT NULL")
-            .execute(db.pool())
-            .await?
-            .rows_affected();
+        let released = sqlx::query(
+            "UPDATE queue_messages SET leased_until = NULL WHERE leased_until IS NOT NULL",
+        )
+        .execute(db.pool())
+        .await?
+        .rows_affected();
         if released > 0 {
-            tracing::info!(released, "returned messages leased by the previous run to their queues");
+            tracing::info!(
+                released,
+                "returned messages leased by the previous run to their queues"
+            );
         }
 
         let rows = sqlx::query("SELECT name, event_types FROM queues")
@@ -173,8 +178,21 @@ impl EmbeddedBus {
     ///
     /// Fails when the file cannot be read.
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM queue_messages WHERE queue = $1")
-            .bind(queue)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM queue_messages WHERE queue = $1")
+                .bind(queue)
+                .fetch_one(self.inner.db.pool())
+                .await?,
+        )
+    }
+
+    /// Counts the messages all work queues have yet to settle.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the file cannot be read.
+    pub async fn pending_messages(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM queue_messages")
             .fetch_one(self.inner.db.pool())
             .await?)
     }

@@ -23,7 +23,9 @@ pub(super) struct EmbeddedQueue {
 
 impl fmt::Debug for EmbeddedQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EmbeddedQueue").field("queue", &self.queue).finish()
+        f.debug_struct("EmbeddedQueue")
+            .field("queue", &self.queue)
+            .finish()
     }
 }
 
@@ -93,7 +95,9 @@ impl EmbeddedQueue {
                     // Only this crate writes the log, so this means a corrupted file;
                     // keep the bytes in the dead-letter table rather than loop on them.
                     tracing::error!(queue = %self.queue, seq, error = %error, "stored event does not parse");
-                    settle.dead_letter(&format!("stored envelope does not parse: {error}")).await?;
+                    settle
+                        .dead_letter(&format!("stored envelope does not parse: {error}"))
+                        .await?;
                 }
             }
         }
@@ -103,7 +107,11 @@ impl EmbeddedQueue {
 
 #[async_trait]
 impl QueueReceiver for EmbeddedQueue {
-    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, ReceiveError> {
+    async fn fetch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<QueueMessage>, ReceiveError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut published = self.bus.inner.published.subscribe();
         loop {
