@@ -33,7 +33,7 @@
 //!   until shutdown.
 //! - `routes`: the handlers, `GET /readyz` and the fallback that forwards.
 //! - `routing`: the path-to-upstream table and the header rules.
-//! - `proxy`: the HTTP client that forwards requests and probes `/healthz`.
+//! - `proxy`: the HTTP client that forwards requests and probes `/readyz`.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -10,7 +10,7 @@ use tiffin_runtime::trace::{TRACEPARENT, TraceContext};
 
 use crate::routing::{self, Route, Upstream};
 
-/// How long an upstream's `/healthz` may take before readiness counts it as down.
+/// How long an upstream's `/readyz` may take before readiness counts it as down.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Base URLs of the upstreams, validated, without a trailing slash.
@@ -166,7 +166,7 @@ impl Proxy {
         }
     }
 
-    /// Probes every upstream's `GET /healthz` at once and returns one line per
+    /// Probes every upstream's `GET /readyz` at once and returns one line per
     /// upstream that did not return 200 within 2 s, such as
     /// `orders at http://127.0.0.1:8083 is unreachable`. Empty when all are up.
     pub(crate) async fn unready_upstreams(&self) -> Vec<String> {
@@ -174,7 +174,7 @@ impl Proxy {
             let base_url = self.base_urls.of(upstream);
             let result = self
                 .client
-                .get(format!("{base_url}/healthz"))
+                .get(format!("{base_url}/readyz"))
                 .timeout(HEALTH_TIMEOUT)
                 .send()
                 .await;

@@ -113,7 +113,7 @@ fn problem_for(error: &ForwardError) -> Problem {
     }
 }
 
-/// `GET /readyz`: 200 when every upstream's `/healthz` returns 200 within 2 s, else
+/// `GET /readyz`: 200 when every upstream's `/readyz` returns 200 within 2 s, else
 /// 503 naming the ones that did not.
 async fn readyz(State(proxy): State<Arc<Proxy>>) -> Result<&'static str, Problem> {
     let unready = proxy.unready_upstreams().await;

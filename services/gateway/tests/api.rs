@@ -18,7 +18,7 @@ use tiffin_runtime::problem::Problem;
 /// got, and an `x-upstream` header with its name. Returns its base URL.
 async fn spawn_upstream(name: &'static str) -> String {
     let router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
         .route(
             "/v1/kitchen/slow",
             get(|| async {
