@@ -48,10 +48,11 @@ async fn request_span(mut request: Request, next: Next) -> Response {
     );
     request.extensions_mut().insert(context);
 
+    let path = request.uri().path().to_owned();
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %path,
         trace_id = %context.trace_id(),
         order_id = tracing::field::Empty,
         user_id = tracing::field::Empty,
@@ -61,7 +62,9 @@ async fn request_span(mut request: Request, next: Next) -> Response {
         let mut response = next.run(request).await;
         let status = response.status();
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        if status.is_server_error() {
+        // A probe answering 503 is a normal "not yet", not a failure.
+        let probe = matches!(path.as_str(), "/readyz" | "/healthz");
+        if status.is_server_error() && !probe {
             tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), elapsed_ms, "request handled");
