@@ -1,1 +1,76 @@
-fn main() {}
+//! The `tiffin` command: runs the services, replays real orders against them, and
+//! operates on a stopped system.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tiffin_runtime::telemetry::{self, LogFormat};
+
+use tiffin::cli::{AnalyticsCommand, Cli, Command, DeadLetterCommand, LogFormatArg};
+use tiffin::{demo, load, ops};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        LogFormatArg::Pretty => LogFormat::Pretty,
+        LogFormatArg::Json => LogFormat::Json,
+    };
+    // `up` is a server and logs its lifecycle; the other commands print their own
+    // progress and log only problems.
+    let default_filter = match cli.command {
+        Command::Up(_) => "info,sqlx=warn",
+        _ => "warn,sqlx=error",
+    };
+    telemetry::init(format, default_filter, std::io::stderr);
+
+    match run(cli.command).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command; `Ok(false)` means it finished but found problems.
+async fn run(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Up(args) => demo::up(args).await.map(|()| true),
+        Command::Demo(args) => demo::demo(args).await,
+        Command::Load(args) => {
+            let summary = load::run(load::LoadSettings {
+                target: args.target.clone(),
+                limit: args.limit,
+                skip: args.replay.skip,
+                speed: args.replay.speed,
+                concurrency: args.replay.concurrency,
+                customers: args.replay.customers,
+                ready_timeout: Duration::from_secs(args.replay.ready_timeout_secs),
+                run_id: format!("load-{}", uuid::Uuid::now_v7()),
+                progress: std::io::stderr().is_terminal(),
+            })
+            .await?;
+            println!("{summary}");
+            if let Some(path) = &args.report {
+                demo::write_json(path, &summary)?;
+            }
+            Ok(summary.lost == 0 && summary.failed_total() == 0)
+        }
+        Command::Analytics(AnalyticsCommand::Rebuild(data)) => {
+            ops::rebuild_analytics(&data.data_dir).await.map(|()| true)
+        }
+        Command::DeadLetters(DeadLetterCommand::List(data)) => {
+            ops::list_dead_letters(&data.data_dir).await.map(|()| true)
+        }
+        Command::DeadLetters(DeadLetterCommand::Replay { queue, data }) => {
+            ops::replay_dead_letters(&data.data_dir, &queue)
+                .await
+                .map(|()| true)
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Tiffin: a food-delivery backend built as microservices that talk over REST, gRPC,
+/// work queues and a replayable event stream.
+#[derive(Debug, Parser)]
+#[command(name = "tiffin", version, about, long_about = None)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Pretty, global = true, env = "TIFFIN_LOG_FORMAT")]
+    pub log_format: LogFormatArg,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    /// Readable lines for a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every service in this process with embedded storage and bus, until Ctrl-C.
+    Up(UpArgs),
+    /// Replay real orders against a running gateway and report what happened.
+    Load(LoadArgs),
+    /// Start the whole system, replay real orders through it, report and exit.
+    Demo(DemoArgs),
+    /// Operator commands of the analytics service.
+    #[command(subcommand)]
+    Analytics(AnalyticsCommand),
+    /// Inspect and replay messages that consumers gave up on.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+/// Where the embedded system keeps its files.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// Directory of the SQLite files: one per service plus `bus.db`, the event log.
+    /// Created when missing.
+    #[arg(long, default_value = "tiffin-data", env = "TIFFIN_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+/// Settings of the simulation, shared by `up` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulationArgs {
+    /// Share of payment authorizations the simulated card processor declines,
+    /// from 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub decline_rate: f64,
+
+    /// Share of authorizations the simulated card processor fails as unavailable,
+    /// from 0 to 1. Orders retry them.
+    #[arg(long, default_value_t = 0.0)]
+    pub payment_error_rate: f64,
+
+    /// Simulated card processor latency per authorization, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub payment_latency_ms: u64,
+
+    /// Where notifications go: `log:` records and logs them; `smtp://HOST:PORT?from=ADDR&to_domain=DOMAIN`
+    /// also mails them.
+    #[arg(long, default_value = "log:", env = "TIFFIN_NOTIFY_CHANNEL")]
+    pub notify_channel: String,
+}
+
+/// `tiffin up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Address of the gateway, the one origin for clients.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "TIFFIN_GATEWAY_ADDR")]
+    pub gateway_addr: SocketAddr,
+
+    /// First port of the services behind the gateway: auth, catalog, orders,
+    /// payments (gRPC), kitchen, notifications and analytics take this port and the
+    /// six after it, on 127.0.0.1. 0 picks free ports.
+    #[arg(long, default_value_t = 8081)]
+    pub port_base: u16,
+
+    /// How many times faster than real time simulated durations run (preparation
+    /// time). Use the same value as `tiffin load --speed`.
+    #[arg(long, default_value_t = 3600.0)]
+    pub time_scale: f64,
+
+    #[command(flatten)]
+    pub simulation: SimulationArgs,
+}
+
+/// Settings of a replay, shared by `load` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// How many times faster than real time orders arrive: 3600 turns each hour of
+    /// the real data into one second.
+    #[arg(long, default_value_t = 3600.0)]
+    pub speed: f64,
+
+    /// Orders in flight at once, from sending until ready.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Customers to register and log in; orders are spread over them in turn.
+    #[arg(long, default_value_t = 50)]
+    pub customers: usize,
+
+    /// Rows of the real order data to skip before the first replayed order.
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+
+    /// Seconds a placed order may take to reach ready before it counts as lost.
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout_secs: u64,
+}
+
+/// `tiffin load`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Base URL of the gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+
+    /// Orders to replay (the data holds 18,706).
+    #[arg(long, default_value_t = 500)]
+    pub limit: usize,
+
+    #[command(flatten)]
+    pub replay: ReplayArgs,
+
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// `tiffin demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Orders to replay (the data holds 18,706).
+    #[arg(long, default_value_t = 500)]
+    pub orders: usize,
+
+    /// Keep the system's files in this directory instead of a temporary one that is
+    /// deleted at the end.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub replay: ReplayArgs,
+
+    #[command(flatten)]
+    pub simulation: SimulationArgs,
+}
+
+/// `tiffin analytics ...`.
+#[derive(Debug, Subcommand)]
+pub enum AnalyticsCommand {
+    /// Delete the analytics projection and rebuild it by replaying the event stream
+    /// from the start. Run it while the system is stopped.
+    Rebuild(DataDirArg),
+}
+
+/// `tiffin dead-letters ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List the dead letters, oldest first.
+    List(DataDirArg),
+    /// Put a work queue's dead letters back on the queue.
+    Replay {
+        /// The work queue (consumer group), for example `kitchen`.
+        queue: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}

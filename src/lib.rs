@@ -1,0 +1,19 @@
+//! The `tiffin` command as a library, so that end-to-end tests start the same system
+//! the command does.
+//!
+//! # Layout
+//!
+//! - [`system`]: every service in one process on the embedded bus.
+//! - [`load`]: the replay of real orders against a gateway.
+//! - [`report`]: figures counted from the services' own databases.
+//! - [`demo`]: `tiffin up` and `tiffin demo`.
+//! - [`ops`]: operator commands on a stopped system.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod demo;
+pub mod load;
+pub mod ops;
+pub mod report;
+pub mod system;

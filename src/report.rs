@@ -1,0 +1,271 @@
+//! The demo's report, counted from the services' own databases.
+//!
+//! The load generator knows only what the API answered. These figures come from
+//! each service's SQLite file, so they show what the system actually did: one
+//! authorization, one ticket and one notification per event for every order, or
+//! the ids of the orders where that failed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+use tiffin_bus::embedded::EmbeddedBus;
+
+/// What the services' databases say about a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SystemCounts {
+    /// Orders stored by the order service.
+    pub placed: i64,
+    /// Authorizations the payment service declined.
+    pub declined: i64,
+    /// Orders whose status is ready or later.
+    pub reached_ready: i64,
+    /// Stored orders not ready (yet).
+    pub lost: i64,
+    /// Orders per status.
+    pub orders_by_status: BTreeMap<String, i64>,
+    /// Orders with more than one kitchen ticket.
+    pub duplicate_tickets: i64,
+    /// Orders without a kitchen ticket.
+    pub missing_tickets: i64,
+    /// Events with more than one notification.
+    pub duplicate_notifications: i64,
+    /// Orders without exactly one notification per `order.placed` and `order.ready`.
+    pub orders_with_wrong_notifications: i64,
+    /// Orders with more than one payment authorization.
+    pub duplicate_authorizations: i64,
+    /// Orders whose payment is missing or not authorized.
+    pub orders_without_authorization: i64,
+    /// From placement to ready by the orders' timelines, milliseconds.
+    pub ready_p50_ms: f64,
+    /// As above.
+    pub ready_p99_ms: f64,
+    /// Orders counted by analytics.
+    pub analytics_orders: i64,
+    /// Revenue counted by analytics, minor units.
+    pub analytics_revenue_cents: i64,
+    /// Revenue of the stored orders, minor units.
+    pub orders_revenue_cents: i64,
+    /// Up to 20 ids of orders involved in any problem above.
+    pub problem_orders: Vec<String>,
+}
+
+impl SystemCounts {
+    /// Returns true when nothing was lost or doubled and analytics agrees.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0
+            && self.duplicate_tickets == 0
+            && self.missing_tickets == 0
+            && self.duplicate_notifications == 0
+            && self.orders_with_wrong_notifications == 0
+            && self.duplicate_authorizations == 0
+            && self.orders_without_authorization == 0
+            && self.analytics_orders == self.placed
+            && self.analytics_revenue_cents == self.orders_revenue_cents
+    }
+}
+
+async fn open(data_dir: &Path, name: &str) -> anyhow::Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}/{name}.db?mode=ro", data_dir.display());
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .with_context(|| format!("failed to open {name}.db in {}", data_dir.display()))
+}
+
+/// Counts events not yet delivered: outbox rows of every service plus messages
+/// waiting in work queues.
+///
+/// # Errors
+///
+/// Fails when a database cannot be read.
+pub async fn pending_events(data_dir: &Path, bus: &EmbeddedBus) -> anyhow::Result<i64> {
+    let mut pending = bus.pending_messages().await?;
+    for service in ["catalog", "orders", "kitchen"] {
+        let pool = open(data_dir, service).await?;
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        pending += rows;
+    }
+    Ok(pending)
+}
+
+/// Counts what the services stored.
+///
+/// # Errors
+///
+/// Fails when a database cannot be read.
+pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
+    let orders_db = open(data_dir, "orders").await?;
+    let kitchen_db = open(data_dir, "kitchen").await?;
+    let notifications_db = open(data_dir, "notifications").await?;
+    let payments_db = open(data_dir, "payments").await?;
+    let analytics_db = open(data_dir, "analytics").await?;
+    let mut counts = SystemCounts::default();
+    let mut problems = Vec::new();
+
+    let orders: Vec<(String, String, String, i64)> =
+        sqlx::query("SELECT order_id, status, payment_id, total_cents FROM orders")
+            .fetch_all(&orders_db)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+    counts.placed = orders.len() as i64;
+    for (id, status, _, total) in &orders {
+        *counts.orders_by_status.entry(status.clone()).or_default() += 1;
+        counts.orders_revenue_cents += total;
+        if matches!(status.as_str(), "ready" | "picked_up" | "delivered") {
+            counts.reached_ready += 1;
+        } else {
+            problems.push(id.clone());
+        }
+    }
+    counts.lost = counts.placed - counts.reached_ready;
+
+    let mut ready_ms: Vec<i64> = sqlx::query(
+        "SELECT r.changed_at - p.changed_at FROM order_status_history p \
+         JOIN order_status_history r ON r.order_id = p.order_id AND r.status = 'ready' WHERE p.status = 'placed'",
+    )
+    .fetch_all(&orders_db)
+    .await?
+    .iter()
+    .map(|row| row.try_get(0))
+    .collect::<Result<_, sqlx::Error>>()?;
+    ready_ms.sort_unstable();
+    counts.ready_p50_ms = percentile(&ready_ms, 0.50);
+    counts.ready_p99_ms = percentile(&ready_ms, 0.99);
+
+    let mut tickets: HashMap<String, i64> = HashMap::new();
+    for row in sqlx::query("SELECT order_id FROM tickets")
+        .fetch_all(&kitchen_db)
+        .await?
+    {
+        *tickets.entry(row.try_get(0)?).or_default() += 1;
+    }
+    for (id, ..) in &orders {
+        match tickets.get(id) {
+            None => {
+                counts.missing_tickets += 1;
+                problems.push(id.clone());
+            }
+            Some(n) if *n > 1 => {
+                counts.duplicate_tickets += 1;
+                problems.push(id.clone());
+            }
+            Some(_) => {}
+        }
+    }
+
+    counts.duplicate_notifications = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT event_id FROM notifications GROUP BY event_id HAVING COUNT(*) > 1) AS d",
+    )
+    .fetch_one(&notifications_db)
+    .await?;
+    let mut notified: HashMap<(String, String), i64> = HashMap::new();
+    for row in sqlx::query("SELECT order_id, event_type FROM notifications")
+        .fetch_all(&notifications_db)
+        .await?
+    {
+        *notified
+            .entry((row.try_get(0)?, row.try_get(1)?))
+            .or_default() += 1;
+    }
+    for (id, status, ..) in &orders {
+        let placed = notified
+            .get(&(id.clone(), "order.placed".to_owned()))
+            .copied()
+            .unwrap_or(0);
+        let ready = notified
+            .get(&(id.clone(), "order.ready".to_owned()))
+            .copied()
+            .unwrap_or(0);
+        let ready_expected = i64::from(matches!(
+            status.as_str(),
+            "ready" | "picked_up" | "delivered"
+        ));
+        if placed != 1 || ready != ready_expected {
+            counts.orders_with_wrong_notifications += 1;
+            problems.push(id.clone());
+        }
+    }
+
+    counts.declined = sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE status = 'DECLINED'")
+        .fetch_one(&payments_db)
+        .await?;
+    let mut authorizations: HashMap<String, (i64, bool)> = HashMap::new();
+    for row in sqlx::query("SELECT payment_id, reference, status FROM payments")
+        .fetch_all(&payments_db)
+        .await?
+    {
+        let payment_id: String = row.try_get(0)?;
+        let reference: String = row.try_get(1)?;
+        let status: String = row.try_get(2)?;
+        let entry = authorizations.entry(reference).or_default();
+        entry.0 += 1;
+        entry.1 |= status != "DECLINED" && !payment_id.is_empty();
+    }
+    let payment_ids: HashSet<String> =
+        sqlx::query("SELECT payment_id FROM payments WHERE status <> 'DECLINED'")
+            .fetch_all(&payments_db)
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, sqlx::Error>>()?;
+    for (id, _, payment_id, _) in &orders {
+        match authorizations.get(id) {
+            Some((n, _)) if *n > 1 => {
+                counts.duplicate_authorizations += 1;
+                problems.push(id.clone());
+            }
+            _ => {}
+        }
+        if !payment_ids.contains(payment_id) {
+            counts.orders_without_authorization += 1;
+            problems.push(id.clone());
+        }
+    }
+
+    let analytics = sqlx::query("SELECT COUNT(*), COALESCE(SUM(total_cents), 0) FROM order_facts WHERE placed_at IS NOT NULL")
+        .fetch_one(&analytics_db)
+        .await?;
+    counts.analytics_orders = analytics.try_get(0)?;
+    counts.analytics_revenue_cents = analytics.try_get(1)?;
+
+    problems.sort();
+    problems.dedup();
+    problems.truncate(20);
+    counts.problem_orders = problems;
+    for pool in [
+        orders_db,
+        kitchen_db,
+        notifications_db,
+        payments_db,
+        analytics_db,
+    ] {
+        pool.close().await;
+    }
+    Ok(counts)
+}
+
+fn percentile(sorted: &[i64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64
+}

@@ -1,0 +1,304 @@
+//! The whole system in one process: every service on its own loopback port, each
+//! with its own SQLite file, all sharing the embedded bus.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tiffin_bus::api::Bus;
+use tiffin_bus::embedded::EmbeddedBus;
+use tiffin_runtime::CancellationToken;
+use tiffin_runtime::db::Database;
+use tokio::task::JoinHandle;
+
+/// Settings of an all-in-one system.
+#[derive(Debug, Clone)]
+pub struct SystemSettings {
+    /// Directory of the SQLite files.
+    pub data_dir: PathBuf,
+    /// Address of the gateway.
+    pub gateway_addr: SocketAddr,
+    /// First port of the services behind the gateway, or 0 for free ports.
+    pub port_base: u16,
+    /// How many times faster than real time simulated durations run.
+    pub time_scale: f64,
+    /// The simulated card processor.
+    pub processor: tiffin_payments::ProcessorSettings,
+    /// The notification channel URL.
+    pub notify_channel: String,
+}
+
+/// A running all-in-one system.
+#[derive(Debug)]
+pub struct System {
+    /// The gateway's base URL.
+    pub gateway_url: String,
+    /// Each service's name and address, in start order.
+    pub addresses: Vec<(&'static str, SocketAddr)>,
+    data_dir: PathBuf,
+    bus: EmbeddedBus,
+    shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl System {
+    /// Starts every service and returns once all listen. Orders waits for auth's
+    /// key set, so auth runs before orders is built.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a file cannot be opened or a port is taken. Services already
+    /// started are stopped again.
+    pub async fn start(settings: SystemSettings) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "failed to create the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let data_dir = settings.data_dir.canonicalize()?;
+        let bus = EmbeddedBus::open(&data_dir.join("bus.db")).await?;
+        let shared: Arc<dyn Bus> = Arc::new(bus.clone());
+        let url = |name: &str| Database::sqlite_url(&data_dir, name);
+        let addr = |offset: u16| {
+            let port = if settings.port_base == 0 {
+                0
+            } else {
+                settings.port_base + offset
+            };
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+        };
+
+        let mut system = Self {
+            gateway_url: String::new(),
+            addresses: Vec::new(),
+            data_dir: data_dir.clone(),
+            bus,
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+        };
+        match system.start_services(&settings, shared, &url, &addr).await {
+            Ok(()) => Ok(system),
+            Err(error) => {
+                system.stop().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_services(
+        &mut self,
+        settings: &SystemSettings,
+        bus: Arc<dyn Bus>,
+        url: &dyn Fn(&str) -> String,
+        addr: &dyn Fn(u16) -> SocketAddr,
+    ) -> anyhow::Result<()> {
+        let payments = tiffin_payments::Service::build(tiffin_payments::Settings {
+            grpc_addr: addr(3),
+            database_url: url("payments"),
+            processor: settings.processor.clone(),
+        })
+        .await
+        .context("failed to start payments")?;
+        let payments_addr = payments.grpc_addr();
+        self.spawn("payments", payments_addr, |token| payments.run(token));
+
+        let auth = tiffin_auth::Service::build(tiffin_auth::Settings::new(addr(0), url("auth")))
+            .await
+            .context("failed to start auth")?;
+        let auth_addr = auth.http_addr();
+        self.spawn("auth", auth_addr, |token| auth.run(token));
+
+        let catalog = tiffin_catalog::Service::build(
+            tiffin_catalog::Settings {
+                http_addr: addr(1),
+                database_url: url("catalog"),
+            },
+            bus.clone(),
+        )
+        .await
+        .context("failed to start catalog")?;
+        let catalog_addr = catalog.http_addr();
+        self.spawn("catalog", catalog_addr, |token| catalog.run(token));
+
+        let orders = tiffin_orders::Service::build(
+            tiffin_orders::Settings::new(
+                addr(2),
+                url("orders"),
+                format!("http://{auth_addr}/v1/auth/jwks"),
+                format!("http://{payments_addr}"),
+            ),
+            bus.clone(),
+        )
+        .await
+        .context("failed to start orders")?;
+        let orders_addr = orders.http_addr();
+        self.spawn("orders", orders_addr, |token| orders.run(token));
+
+        let mut kitchen_settings = tiffin_kitchen::Settings::new(addr(4), url("kitchen"));
+        kitchen_settings.time_scale = settings.time_scale;
+        let kitchen = tiffin_kitchen::Service::build(kitchen_settings, bus.clone())
+            .await
+            .context("failed to start kitchen")?;
+        let kitchen_addr = kitchen.http_addr();
+        self.spawn("kitchen", kitchen_addr, |token| kitchen.run(token));
+
+        let mut notifications_settings =
+            tiffin_notifications::Settings::new(addr(5), url("notifications"));
+        notifications_settings.channel = settings.notify_channel.clone();
+        let notifications =
+            tiffin_notifications::Service::build(notifications_settings, bus.clone())
+                .await
+                .context("failed to start notifications")?;
+        let notifications_addr = notifications.http_addr();
+        self.spawn("notifications", notifications_addr, |token| {
+            notifications.run(token)
+        });
+
+        let analytics = tiffin_analytics::Service::build(
+            tiffin_analytics::Settings::new(addr(6), url("analytics")),
+            bus,
+        )
+        .await
+        .context("failed to start analytics")?;
+        let analytics_addr = analytics.http_addr();
+        self.spawn("analytics", analytics_addr, |token| analytics.run(token));
+
+        let gateway = tiffin_gateway::Service::build(tiffin_gateway::Settings::new(
+            settings.gateway_addr,
+            tiffin_gateway::Upstreams {
+                auth: format!("http://{auth_addr}"),
+                catalog: format!("http://{catalog_addr}"),
+                orders: format!("http://{orders_addr}"),
+                kitchen: format!("http://{kitchen_addr}"),
+                analytics: format!("http://{analytics_addr}"),
+            },
+        ))
+        .await
+        .context("failed to start the gateway")?;
+        let gateway_addr = gateway.http_addr();
+        self.gateway_url = format!("http://{gateway_addr}");
+        self.spawn("gateway", gateway_addr, |token| gateway.run(token));
+        Ok(())
+    }
+
+    fn spawn<F, Fut>(&mut self, name: &'static str, addr: SocketAddr, run: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.addresses.push((name, addr));
+        self.tasks
+            .push((name, tokio::spawn(run(self.shutdown.clone()))));
+    }
+
+    /// The directory of the SQLite files.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The embedded bus.
+    pub fn bus(&self) -> &EmbeddedBus {
+        &self.bus
+    }
+
+    /// Waits until every service answers `/readyz` with 200, which for orders means
+    /// its menu replica has caught up with the catalog.
+    ///
+    /// # Errors
+    ///
+    /// Fails with the services still not ready after `timeout`, or when a service
+    /// has stopped.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = tiffin_runtime::http::client(Duration::from_secs(2))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some((name, _)) = self.tasks.iter().find(|(_, task)| task.is_finished()) {
+                anyhow::bail!("service {name} stopped during start-up; see the log above");
+            }
+            let mut waiting = Vec::new();
+            for (name, addr) in &self.addresses {
+                if *name == "payments" {
+                    continue;
+                }
+                let ready = client
+                    .get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status().is_success());
+                if !ready {
+                    waiting.push(*name);
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "services not ready after {} s: {}",
+                    timeout.as_secs(),
+                    waiting.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until no event is left to deliver: every outbox is empty and every work
+    /// queue drained.
+    ///
+    /// # Errors
+    ///
+    /// Fails when that does not happen within `timeout`.
+    pub async fn wait_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pending = crate::report::pending_events(&self.data_dir, &self.bus).await?;
+            if pending == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{pending} events still undelivered after {} s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A token that stops the system when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every service: each stops taking work, finishes what it holds and
+    /// flushes its outbox. Then closes the bus.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for (name, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(service = name, error = %error, "service failed"),
+                Err(error) => tracing::error!(service = name, error = %error, "service panicked"),
+            }
+        }
+        self.bus.close().await;
+    }
+
+    /// Waits until a service stops by itself (a failure) or `shutdown` is cancelled.
+    /// Returns the name of the service that stopped, if one did.
+    pub async fn watch(&mut self, shutdown: &CancellationToken) -> Option<&'static str> {
+        loop {
+            if let Some((name, _)) = self.tasks.iter().find(|(_, task)| task.is_finished()) {
+                return Some(name);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+}
