@@ -1,0 +1,198 @@
+//! A crash with events in flight: the `tiffin up` process is killed with SIGKILL
+//! and started again on the same data directory.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::order_body;
+
+struct Running {
+    child: Child,
+    gateway: String,
+    notifications: String,
+}
+
+/// Starts `tiffin up` on free ports and waits for its ready line.
+async fn start(dir: &std::path::Path) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tiffin"))
+        .args([
+            "up",
+            "--gateway-addr",
+            "127.0.0.1:0",
+            "--port-base",
+            "0",
+            "--time-scale",
+            "600",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tiffin up starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut gateway, mut notifications) = (String::new(), String::new());
+    let reading = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["gateway", url] => gateway = (*url).to_owned(),
+                ["notifications", url] => notifications = (*url).to_owned(),
+                _ if line.starts_with("Clients use the gateway") => return,
+                _ => {}
+            }
+        }
+        panic!("tiffin up exited before it was ready");
+    };
+    tokio::time::timeout(Duration::from_secs(120), reading)
+        .await
+        .expect("tiffin up becomes ready");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Running {
+        child,
+        gateway,
+        notifications,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_process_resumes_without_loss_or_doubles() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut running = start(dir.path()).await;
+    let credentials =
+        json!({ "email": "crash@test.tiffin.dev", "password": "correct horse battery" });
+    let registered = http
+        .post(format!("{}/v1/auth/register", running.gateway))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let login: Value = http
+        .post(format!("{}/v1/auth/login", running.gateway))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let page: Value = http
+        .get(format!("{}/v1/restaurants?limit=10", running.gateway))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // Orders with about one second of preparation at this time scale, so the kitchen
+    // holds all of them when the process dies.
+    let mut order_ids = Vec::new();
+    for n in 0..20 {
+        let restaurant = page["items"][n % 10]["id"].as_str().unwrap();
+        let menu: Value = http
+            .get(format!(
+                "{}/v1/restaurants/{restaurant}/menu",
+                running.gateway
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let item = menu["items"][0]["id"].as_str().unwrap();
+        let mut body = order_body(restaurant, &[item]);
+        body["replay_delivery_minutes"] = json!(25);
+        let placed = http
+            .post(format!("{}/v1/orders", running.gateway))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", format!("crash-{n}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(placed.status(), StatusCode::CREATED);
+        order_ids.push(
+            placed.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    running.child.kill().await.expect("SIGKILL");
+    let _ = running.child.wait().await;
+
+    let running = start(dir.path()).await;
+    for order_id in &order_ids {
+        let mut ready = false;
+        for _ in 0..300 {
+            let status: Value = http
+                .get(format!("{}/v1/orders/{order_id}/status", running.gateway))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["status"] == "ready" {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "order {order_id} became ready after the restart");
+    }
+    for order_id in &order_ids {
+        let mut count = 0;
+        for _ in 0..100 {
+            let list: Value = http
+                .get(format!(
+                    "{}/v1/notifications?order_id={order_id}",
+                    running.notifications
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            count = list["notifications"].as_array().map_or(0, Vec::len);
+            if count >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(count, 2, "order {order_id} has one notification per event");
+    }
+    drop(running);
+
+    let tickets =
+        crate::helpers::count_rows(dir.path(), "kitchen", "SELECT COUNT(*) FROM tickets").await;
+    let distinct = crate::helpers::count_rows(
+        dir.path(),
+        "kitchen",
+        "SELECT COUNT(DISTINCT order_id) FROM tickets",
+    )
+    .await;
+    let payments =
+        crate::helpers::count_rows(dir.path(), "payments", "SELECT COUNT(*) FROM payments").await;
+    assert_eq!(tickets, 20);
+    assert_eq!(distinct, 20);
+    assert_eq!(payments, 20);
+}

@@ -1,0 +1,208 @@
+//! Starting a system for a test, and one helper per endpoint the tests call.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Once;
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tiffin::system::{System, SystemSettings};
+
+pub(crate) struct TestSystem {
+    pub(crate) system: System,
+    pub(crate) http: reqwest::Client,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+/// A logged-in customer.
+#[derive(Debug, Clone)]
+pub(crate) struct Customer {
+    pub(crate) id: String,
+    pub(crate) token: String,
+}
+
+fn init_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tiffin_runtime::telemetry::init(
+                tiffin_runtime::telemetry::LogFormat::Pretty,
+                "info,sqlx=warn",
+                std::io::stderr,
+            );
+        }
+    });
+}
+
+pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
+    SystemSettings {
+        data_dir: dir.to_path_buf(),
+        gateway_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        port_base: 0,
+        time_scale: 3600.0,
+        processor: tiffin_payments::ProcessorSettings::default(),
+        notify_channel: "log:".to_owned(),
+    }
+}
+
+impl TestSystem {
+    /// Starts a system with the default settings and waits until it is ready.
+    pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a system after `adjust` changed its settings.
+    pub(crate) async fn start_with(adjust: impl FnOnce(&mut SystemSettings)) -> Self {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut settings = settings(dir.path());
+        adjust(&mut settings);
+        let system = System::start(settings).await.expect("system starts");
+        system
+            .wait_ready(Duration::from_secs(120))
+            .await
+            .expect("system becomes ready");
+        Self {
+            system,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client builds"),
+            dir,
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.system.gateway_url)
+    }
+
+    pub(crate) async fn register(&self, email: &str, password: &str) -> Response {
+        self.http
+            .post(self.url("/v1/auth/register"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("register request")
+    }
+
+    pub(crate) async fn login(&self, email: &str, password: &str) -> Response {
+        self.http
+            .post(self.url("/v1/auth/login"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    /// Registers and logs in a new customer.
+    pub(crate) async fn customer(&self, name: &str) -> Customer {
+        let email = format!("{name}@test.tiffin.dev");
+        let registered = self.register(&email, "correct horse battery").await;
+        assert_eq!(registered.status(), StatusCode::CREATED, "register {email}");
+        let id = registered.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let login = self.login(&email, "correct horse battery").await;
+        assert_eq!(login.status(), StatusCode::OK, "login {email}");
+        let token = login.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Customer { id, token }
+    }
+
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("GET request")
+    }
+
+    /// The first restaurant of the catalog with its menu item ids.
+    pub(crate) async fn restaurant_with_menu(&self, skip: usize) -> (String, Vec<String>) {
+        let page: Value = self
+            .get(&format!("/v1/restaurants?limit={}", skip + 1), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = page["items"][skip]["id"]
+            .as_str()
+            .expect("a restaurant")
+            .to_owned();
+        let menu: Value = self
+            .get(&format!("/v1/restaurants/{id}/menu"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let items = menu["items"]
+            .as_array()
+            .expect("menu items")
+            .iter()
+            .map(|item| item["id"].as_str().unwrap().to_owned())
+            .collect();
+        (id, items)
+    }
+
+    pub(crate) async fn place(&self, token: &str, key: Option<&str>, body: &Value) -> Response {
+        let mut request = self
+            .http
+            .post(self.url("/v1/orders"))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("POST /v1/orders")
+    }
+
+    /// Polls an order until it is ready (or later), panicking after 30 s.
+    pub(crate) async fn await_ready(&self, token: &str, order_id: &str) {
+        for _ in 0..300 {
+            let status: Value = self
+                .get(&format!("/v1/orders/{order_id}/status"), Some(token))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if matches!(
+                status["status"].as_str(),
+                Some("ready" | "picked_up" | "delivered")
+            ) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("order {order_id} did not become ready");
+    }
+
+    pub(crate) async fn stop(self) -> tempfile::TempDir {
+        self.system.stop().await;
+        self.dir
+    }
+}
+
+/// An order body for `restaurant` with one of each of `items`.
+pub(crate) fn order_body(restaurant: &str, items: &[&str]) -> Value {
+    json!({
+        "restaurant_id": restaurant,
+        "items": items.iter().map(|id| json!({ "menu_item_id": id, "quantity": 1 })).collect::<Vec<_>>(),
+        "delivery_address": { "line1": "Mannerheimintie 1", "city": "Helsinki", "lat": 60.17, "lon": 24.94 },
+    })
+}
+
+/// Counts rows in a service's database.
+pub(crate) async fn count_rows(dir: &std::path::Path, service: &str, sql: &'static str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}/{service}.db?mode=ro", dir.display());
+    let pool = sqlx::AnyPool::connect(&url).await.expect("database opens");
+    let count: i64 = sqlx::query_scalar(sql)
+        .fetch_one(&pool)
+        .await
+        .expect("count query");
+    pool.close().await;
+    count
+}

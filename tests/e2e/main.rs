@@ -1,0 +1,10 @@
+//! End-to-end tests of the whole system: every service in-process on port 0 with a
+//! temporary data directory, driven over real HTTP through the gateway.
+//!
+//! Set `TEST_LOG=1` to see the services' logs.
+
+mod bad_input;
+mod crash;
+mod helpers;
+mod idempotency;
+mod whole_system;
