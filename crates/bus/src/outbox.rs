@@ -51,6 +51,40 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Rows per `INSERT` in [`enqueue_many`]: 150 rows of 3 values. Much larger
+/// statements were slower through sqlx's `Any` driver on SQLite (measured while
+/// seeding the catalog's 13,239 events).
+const ROWS_PER_INSERT: usize = 150;
+
+/// Adds many envelopes to the outbox inside the caller's transaction, several rows
+/// per statement, in the order given.
+///
+/// # Errors
+///
+/// Returns the database error.
+pub async fn enqueue_many(
+    tx: &mut Transaction<'_, Any>,
+    envelopes: &[Envelope],
+) -> Result<(), sqlx::Error> {
+    let now = now_millis();
+    for chunk in envelopes.chunks(ROWS_PER_INSERT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO outbox (event_id, envelope, created_at) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for envelope in chunk {
+            let json = serde_json::to_string(envelope).expect("an envelope always serializes");
+            query = query.bind(envelope.id.as_str()).bind(json).bind(now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Publishes a service's outbox rows to the bus.
 #[derive(Debug, Clone)]
 pub struct OutboxRelay {
@@ -73,7 +107,7 @@ impl OutboxRelay {
         }
     }
 
-    /// A handle to wake the relay after committing outbox rows, so events leave
+    /// Returns a handle that wakes the relay after committing outbox rows, so events leave
     /// without waiting for the next poll.
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()

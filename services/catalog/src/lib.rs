@@ -203,7 +203,7 @@ async fn seed_database(db: &Database) -> anyhow::Result<()> {
         .await
         .context("failed to store the seed menu items")?;
     let events = upserted_events(&catalog, &new_items);
-    storage::enqueue_all(&mut tx, &events)
+    tiffin_bus::outbox::enqueue_many(&mut tx, &events)
         .await
         .context("failed to queue the seed events")?;
     tx.commit()

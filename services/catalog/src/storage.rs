@@ -121,34 +121,6 @@ pub async fn insert_menu_items(
     Ok(inserted)
 }
 
-/// Adds `envelopes` to the outbox in the caller's transaction.
-///
-/// Writes the rows the same way as [`tiffin_bus::outbox::enqueue`], but several per
-/// statement, for the thousands of events of the first seed.
-///
-/// # Errors
-///
-/// Returns the database error.
-pub async fn enqueue_all(
-    tx: &mut Transaction<'static, Any>,
-    envelopes: &[Envelope],
-) -> Result<(), sqlx::Error> {
-    let now = tiffin_runtime::time::now_millis();
-    for chunk in envelopes.chunks(MAX_BINDS / 3) {
-        let sql = format!(
-            "INSERT INTO outbox (event_id, envelope, created_at) VALUES {}",
-            placeholders(chunk.len(), 3)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for envelope in chunk {
-            let json = serde_json::to_string(envelope).expect("an envelope always serializes");
-            query = query.bind(envelope.id.as_str()).bind(json).bind(now);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
 /// Returns one page of restaurants ordered by id, filtered by `query`.
 ///
 /// # Errors
