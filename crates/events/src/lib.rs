@@ -12,5 +12,6 @@
 
 pub mod menu;
 pub mod order;
+pub mod restaurant;
 
 pub use tiffin_bus::envelope::EventData;

@@ -127,6 +127,7 @@ fn order_placed(order_id: &str, replay_delivery_minutes: Option<u32>) -> Envelop
         payment_id: "payment-1".to_owned(),
         placed_at: 1_700_000_000_000,
         replay_delivery_minutes,
+        replay_local_time: None,
     };
     Envelope::new("/tiffin/orders", &order, None)
 }

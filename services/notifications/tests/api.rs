@@ -150,6 +150,7 @@ fn order_placed(order_id: &str) -> Envelope {
         payment_id: "payment-1".to_owned(),
         placed_at: 1_700_000_000_000,
         replay_delivery_minutes: None,
+        replay_local_time: None,
     };
     Envelope::new("/tiffin/orders", &order, None)
 }
@@ -161,6 +162,7 @@ fn order_ready(order_id: &str) -> Envelope {
         ticket_id: "ticket-1".to_owned(),
         ready_at: 1_700_000_600_000,
         preparation_ms: 600_000,
+        replay_delivery_minutes: None,
     };
     Envelope::new("/tiffin/kitchen", &ready, None)
 }

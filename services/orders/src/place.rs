@@ -137,6 +137,7 @@ pub async fn place_order(
             payment_id: payment_id.clone(),
             placed_at: now,
             replay_delivery_minutes: request.replay_delivery_minutes,
+            replay_local_time: None,
         },
         Some(trace.child()),
     );
