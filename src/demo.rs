@@ -111,7 +111,7 @@ pub struct DemoReport {
     pub ready_p99_ms: f64,
     /// True when nothing was lost, doubled or failed and analytics agrees.
     pub clean: bool,
-    /// Everything the databases say.
+    /// Every count read from the databases.
     pub system: SystemCounts,
     /// Everything the load generator saw.
     pub load: LoadSummary,

@@ -20,7 +20,7 @@ fn require_data_dir(data_dir: &Path) -> anyhow::Result<()> {
 ///
 /// # Errors
 ///
-/// Fails when the data directory holds no system or the rebuild fails.
+/// Fails when the data directory contains no Tiffin data or the rebuild fails.
 pub async fn rebuild_analytics(data_dir: &Path) -> anyhow::Result<()> {
     require_data_dir(data_dir)?;
     let bus = EmbeddedBus::open(&data_dir.join("bus.db")).await?;
@@ -37,7 +37,7 @@ pub async fn rebuild_analytics(data_dir: &Path) -> anyhow::Result<()> {
 ///
 /// # Errors
 ///
-/// Fails when the data directory holds no system.
+/// Fails when the data directory contains no Tiffin data.
 pub async fn list_dead_letters(data_dir: &Path) -> anyhow::Result<()> {
     require_data_dir(data_dir)?;
     let bus = EmbeddedBus::open(&data_dir.join("bus.db")).await?;
@@ -64,7 +64,7 @@ pub async fn list_dead_letters(data_dir: &Path) -> anyhow::Result<()> {
 ///
 /// # Errors
 ///
-/// Fails when the data directory holds no system.
+/// Fails when the data directory contains no Tiffin data.
 pub async fn replay_dead_letters(data_dir: &Path, queue: &str) -> anyhow::Result<()> {
     require_data_dir(data_dir)?;
     let bus = EmbeddedBus::open(&data_dir.join("bus.db")).await?;

@@ -1,6 +1,6 @@
 //! The demo's report, counted from the services' own databases.
 //!
-//! The load generator knows only what the API answered. These figures come from
+//! The load generator sees only the API's responses. These figures come from
 //! each service's SQLite file, so they show what the system actually did: one
 //! authorization, one ticket and one notification per event for every order, or
 //! the ids of the orders where that failed.
@@ -14,7 +14,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use tiffin_bus::embedded::EmbeddedBus;
 
-/// What the services' databases say about a run.
+/// Counts of a run, read from the services' databases.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SystemCounts {
     /// Orders stored by the order service.

@@ -204,7 +204,7 @@ impl System {
         &self.bus
     }
 
-    /// Waits until every service answers `/readyz` with 200, which for orders means
+    /// Waits until every service returns 200 from `/readyz`, which for orders means
     /// its menu replica has caught up with the catalog.
     ///
     /// # Errors
@@ -274,7 +274,7 @@ impl System {
         self.shutdown.clone()
     }
 
-    /// Stops every service: each stops taking work, finishes what it holds and
+    /// Stops every service: each stops taking work, finishes the work in flight and
     /// flushes its outbox. Then closes the bus.
     pub async fn stop(self) {
         self.shutdown.cancel();

@@ -26,7 +26,7 @@ pub struct MenuEntry {
     pub id: String,
 }
 
-/// What the order endpoint answered.
+/// The response of the order endpoint.
 #[derive(Debug)]
 pub enum PlaceOutcome {
     /// 201: the order id.
@@ -88,7 +88,7 @@ impl GatewayClient {
         let body: Value = response.json().await?;
         let token = body["access_token"]
             .as_str()
-            .context("the login answer has no access_token")?
+            .context("the login response has no access_token")?
             .to_owned();
         let id = subject_of(&token)?;
         Ok(Customer { id, token })
@@ -178,7 +178,7 @@ impl GatewayClient {
             StatusCode::CREATED => PlaceOutcome::Placed(
                 body["id"]
                     .as_str()
-                    .context("the 201 answer has no id")?
+                    .context("the 201 response has no id")?
                     .to_owned(),
             ),
             StatusCode::PAYMENT_REQUIRED => PlaceOutcome::Declined(detail(&body)),

@@ -1,8 +1,8 @@
 //! The real orders to replay, and how each maps onto the catalog.
 //!
-//! The rules are those of `data/README.md`: an order goes to the catalog restaurant
+//! The rules are those of `data/README.md`. An order goes to the catalog restaurant
 //! nearest to its venue, with `item_count` items picked by a stable hash of the order
-//! id, and keeps its real time since the previous order, divided by the speed.
+//! id. It keeps its real time since the previous order, divided by the speed.
 
 use std::collections::BTreeMap;
 
@@ -34,8 +34,9 @@ pub struct RealOrder {
 }
 
 impl RealOrder {
-    /// The placement time in seconds since the Unix epoch, reading the source's
-    /// undocumented time zone as UTC (only differences between orders matter here).
+    /// Returns the placement time in seconds since the Unix epoch. The source's time
+    /// zone is undocumented and read as UTC, because only differences between orders
+    /// matter here.
     pub fn ordered_at_secs(&self) -> anyhow::Result<i64> {
         parse_timestamp(&self.ordered_at).ok_or_else(|| {
             anyhow::anyhow!(

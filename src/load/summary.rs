@@ -1,4 +1,4 @@
-//! What a load run measured.
+//! The figures of a load run.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,9 +11,9 @@ use serde::Serialize;
 pub struct LoadSummary {
     /// Orders sent.
     pub sent: u64,
-    /// Answered 201.
+    /// Responses with 201.
     pub placed: u64,
-    /// Answered 402, by the processor's reason.
+    /// Responses with 402, by the processor's decline reason.
     pub declined: BTreeMap<String, u64>,
     /// Neither 201 nor 402, by status and detail (0 for a transport error).
     pub failed: BTreeMap<String, u64>,

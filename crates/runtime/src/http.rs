@@ -62,7 +62,7 @@ async fn request_span(mut request: Request, next: Next) -> Response {
         let mut response = next.run(request).await;
         let status = response.status();
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        // A probe answering 503 is a normal "not yet", not a failure.
+        // A probe that returns 503 means "not yet", not a failure.
         let probe = matches!(path.as_str(), "/readyz" | "/healthz");
         if status.is_server_error() && !probe {
             tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");

@@ -27,7 +27,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The answer to `POST /v1/orders`.
+/// The response body of `POST /v1/orders`.
 #[derive(Debug, Serialize)]
 struct CreatedOrder {
     id: String,
@@ -154,7 +154,7 @@ async fn load_visible(state: &AppState, claims: &Claims, id: &str) -> Result<Ord
     Ok(order)
 }
 
-/// Ready when the database answers and the menu replica has caught up with the
+/// Returns 200 when the database responds and the menu replica has caught up with the
 /// catalog's stream, so prices are known.
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, Problem> {
     storage::menu_replica_size(&state.db)

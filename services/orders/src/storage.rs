@@ -19,7 +19,7 @@ pub struct OrderRecord {
     pub customer_id: String,
     /// The restaurant.
     pub restaurant_id: String,
-    /// Where it stands.
+    /// The current status.
     pub status: OrderStatus,
     /// Sum of the lines in minor units.
     pub total_cents: i64,
