@@ -6,11 +6,12 @@ use async_trait::async_trait;
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::{Handler, HandlerError, inbox};
 use tiffin_events::menu::MenuItemUpserted;
-use tiffin_events::order::{OrderAccepted, OrderReady};
+use tiffin_events::order::{OrderAccepted, OrderDelivered, OrderPickedUp, OrderReady, OrderRejected};
 use tiffin_runtime::db::Database;
-use tiffin_runtime::time::now_millis;
+use tokio::sync::Notify;
 
-use crate::domain::{OrderEvent, Transition};
+use crate::domain::OrderEvent;
+use crate::saga::{self, Change, Outcome};
 use crate::storage;
 
 /// The consumer group of the lifecycle queue, also the inbox's consumer name.
@@ -18,7 +19,13 @@ pub const LIFECYCLE_GROUP: &str = "orders";
 /// The stream group of the menu replica.
 pub const MENU_GROUP: &str = "orders-menu-replica";
 /// Event types the lifecycle queue binds.
-pub const LIFECYCLE_EVENTS: [&str; 2] = ["order.accepted", "order.ready"];
+pub const LIFECYCLE_EVENTS: [&str; 5] = [
+    "order.accepted",
+    "order.ready",
+    "order.rejected",
+    "order.picked_up",
+    "order.delivered",
+];
 
 /// Keeps the menu replica: the latest revision of every item the catalog published.
 ///
@@ -64,34 +71,50 @@ impl Handler for MenuReplica {
     }
 }
 
-/// Moves orders through their states as the kitchen reports progress.
+/// Moves orders through their states as the kitchen and delivery report progress.
 #[derive(Debug, Clone)]
 pub struct OrderLifecycle {
     db: Database,
+    relay_waker: Arc<Notify>,
+    compensation_waker: Arc<Notify>,
 }
 
 impl OrderLifecycle {
-    /// Creates the handler over the order database.
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    /// Creates the handler over the order database; the wakers are the outbox
+    /// relay's and the payment worker's.
+    pub fn new(db: Database, relay_waker: Arc<Notify>, compensation_waker: Arc<Notify>) -> Self {
+        Self {
+            db,
+            relay_waker,
+            compensation_waker,
+        }
     }
 }
 
 #[async_trait]
 impl Handler for OrderLifecycle {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let (order_id, order_event, at) = match event.event_type.as_str() {
+        let (order_id, order_event, at, reason) = match event.event_type.as_str() {
             "order.accepted" => {
-                let data = event
-                    .decode::<OrderAccepted>()
-                    .map_err(HandlerError::permanent)?;
-                (data.order_id, OrderEvent::Accepted, data.accepted_at)
+                let data = event.decode::<OrderAccepted>().map_err(HandlerError::permanent)?;
+                (data.order_id, OrderEvent::Accepted, data.accepted_at, None)
             }
             "order.ready" => {
-                let data = event
-                    .decode::<OrderReady>()
-                    .map_err(HandlerError::permanent)?;
-                (data.order_id, OrderEvent::Ready, data.ready_at)
+                let data = event.decode::<OrderReady>().map_err(HandlerError::permanent)?;
+                (data.order_id, OrderEvent::Ready, data.ready_at, None)
+            }
+            "order.rejected" => {
+                let data = event.decode::<OrderRejected>().map_err(HandlerError::permanent)?;
+                let reason = data.reason.as_str().to_owned();
+                (data.order_id, OrderEvent::Rejected, data.rejected_at, Some(reason))
+            }
+            "order.picked_up" => {
+                let data = event.decode::<OrderPickedUp>().map_err(HandlerError::permanent)?;
+                (data.order_id, OrderEvent::PickedUp, data.picked_up_at, None)
+            }
+            "order.delivered" => {
+                let data = event.decode::<OrderDelivered>().map_err(HandlerError::permanent)?;
+                (data.order_id, OrderEvent::Delivered, data.delivered_at, None)
             }
             other => {
                 return Err(HandlerError::permanent(anyhow::anyhow!(
@@ -105,46 +128,29 @@ impl Handler for OrderLifecycle {
             tracing::debug!("event already handled");
             return Ok(());
         }
-        let Some(status) = storage::status_for_update(&mut tx, &order_id).await? else {
-            // Events are published only after their order commits, so an unknown order
-            // means another deployment's data on the same broker.
-            return Err(HandlerError::permanent(anyhow::anyhow!(
-                "order {order_id} does not exist"
-            )));
+        let change = Change {
+            order_id: &order_id,
+            event: order_event,
+            at,
+            reason: reason.as_deref(),
+            event_id: Some(&event.id),
+            trace: event.trace_context(),
         };
-        match status.apply(order_event) {
-            Transition::To(next) => {
-                storage::set_status(&mut tx, &order_id, next, now_millis()).await?;
-                storage::record_status(&mut tx, &order_id, next, at, Some(&event.id)).await?;
-                tracing::debug!(from = %status, to = %next, "order status changed");
-            }
-            Transition::Stale => {
-                // A step overtaken by a later one still happened: keep it in the
-                // timeline. A true duplicate is absorbed by the history's key.
-                let step = match order_event {
-                    OrderEvent::Accepted => Some(crate::domain::OrderStatus::Accepted),
-                    OrderEvent::Ready => Some(crate::domain::OrderStatus::Ready),
-                    _ => None,
-                };
-                if let Some(step) = step {
-                    storage::record_status(&mut tx, &order_id, step, at, Some(&event.id)).await?;
-                }
-                tracing::debug!(%status, "event already reflected in the order status");
-            }
-            Transition::Illegal => {
+        match saga::apply(&mut tx, &change).await? {
+            Outcome::Moved { from, to } => tracing::debug!(%from, %to, "order status changed"),
+            Outcome::Stale(status) => tracing::debug!(%status, "event already reflected in the order status"),
+            Outcome::Illegal(status) => {
                 tracing::warn!(%status, event = ?order_event, "event contradicts the order status, ignored");
+            }
+            Outcome::UnknownOrder => {
+                // Events are published only after their order commits, so an unknown
+                // order means another deployment's data on the same broker.
+                return Err(HandlerError::permanent(anyhow::anyhow!("order {order_id} does not exist")));
             }
         }
         tx.commit().await?;
+        self.relay_waker.notify_one();
+        self.compensation_waker.notify_one();
         Ok(())
     }
-}
-
-/// Both handlers, shared by the service's tasks.
-#[derive(Debug, Clone)]
-pub struct Handlers {
-    /// The menu replica.
-    pub menu: Arc<MenuReplica>,
-    /// The lifecycle.
-    pub lifecycle: Arc<OrderLifecycle>,
 }

@@ -191,6 +191,10 @@ pub struct PlaceOrderRequest {
     /// to the door, from which the kitchen and delivery take their durations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_delivery_minutes: Option<u32>,
+    /// For replays of real orders: the local time the original was placed,
+    /// `YYYY-MM-DDTHH:MM:SS`, by which the kitchen judges opening hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_local_time: Option<String>,
 }
 
 /// One requested line.
@@ -354,7 +358,36 @@ pub fn validate(request: &PlaceOrderRequest) -> Result<(), Problem> {
             format!("replay_delivery_minutes is {minutes}; it must be at most 1440"),
         ));
     }
+    if let Some(time) = &request.replay_local_time
+        && !is_local_time(time)
+    {
+        return Err(Problem::invalid_field(
+            "replay_local_time",
+            format!("replay_local_time is `{time}`; it must have the form YYYY-MM-DDTHH:MM:SS"),
+        ));
+    }
     Ok(())
+}
+
+/// Returns true for `YYYY-MM-DDTHH:MM:SS` with plausible field values.
+fn is_local_time(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        text.get(range)
+            .and_then(|part| part.parse::<u32>().ok())
+    };
+    bytes.len() == 19
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes[10] == b'T'
+        && bytes[13] == b':'
+        && bytes[16] == b':'
+        && digits(0..4).is_some()
+        && digits(5..7).is_some_and(|m| (1..=12).contains(&m))
+        && digits(8..10).is_some_and(|d| (1..=31).contains(&d))
+        && digits(11..13).is_some_and(|h| h < 24)
+        && digits(14..16).is_some_and(|m| m < 60)
+        && digits(17..19).is_some_and(|s| s < 60)
 }
 
 /// Prices a validated request against the restaurant's menu from the replica.
@@ -483,47 +516,112 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn event_strategy() -> impl Strategy<Value = OrderEvent> {
+    fn any_event() -> impl Strategy<Value = OrderEvent> {
         prop_oneof![
             Just(OrderEvent::Accepted),
             Just(OrderEvent::Ready),
             Just(OrderEvent::PickedUp),
             Just(OrderEvent::Delivered),
+            Just(OrderEvent::Rejected),
+            Just(OrderEvent::Cancelled),
         ]
     }
 
-    /// Applies events in sequence, ignoring stale and illegal ones, as the consumer does.
-    fn replay(events: &[OrderEvent]) -> OrderStatus {
-        events.iter().fold(OrderStatus::Placed, |status, event| {
-            match status.apply(*event) {
-                Transition::To(next) => next,
-                Transition::Stale | Transition::Illegal => status,
+    /// A history the other services can produce: the happy path up to some step, or
+    /// a rejection instead of acceptance.
+    fn kitchen_and_courier_history() -> impl Strategy<Value = Vec<OrderEvent>> {
+        prop_oneof![
+            (0usize..=4).prop_map(|steps| HAPPY_PATH[..steps].to_vec()),
+            Just(vec![OrderEvent::Rejected]),
+        ]
+    }
+
+    const HAPPY_PATH: [OrderEvent; 4] =
+        [OrderEvent::Accepted, OrderEvent::Ready, OrderEvent::PickedUp, OrderEvent::Delivered];
+
+    /// Delivers `events` in a scrambled order, each once or twice.
+    fn scramble(events: &[OrderEvent], seed: u64) -> Vec<OrderEvent> {
+        let mut delivered: Vec<OrderEvent> = events.to_vec();
+        let mut rng = seed;
+        let mut next = || {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (rng >> 33) as usize
+        };
+        for event in events {
+            if next() % 2 == 0 {
+                delivered.push(*event);
             }
+        }
+        for i in (1..delivered.len()).rev() {
+            let j = next() % (i + 1);
+            delivered.swap(i, j);
+        }
+        delivered
+    }
+
+    /// Applies events in sequence, ignoring stale and illegal ones, as the consumer does.
+    fn replay_from(start: OrderStatus, events: &[OrderEvent]) -> OrderStatus {
+        events.iter().fold(start, |status, event| match status.apply(*event) {
+            Transition::To(next) => next,
+            Transition::Stale | Transition::Illegal => status,
         })
+    }
+
+    fn replay(events: &[OrderEvent]) -> OrderStatus {
+        replay_from(OrderStatus::Placed, events)
+    }
+
+    /// The status a history implies.
+    fn implied(history: &[OrderEvent]) -> OrderStatus {
+        match history.last() {
+            None => OrderStatus::Placed,
+            Some(OrderEvent::Rejected) => OrderStatus::Rejected,
+            Some(_) => [OrderStatus::Accepted, OrderStatus::Ready, OrderStatus::PickedUp, OrderStatus::Delivered]
+                [history.len() - 1],
+        }
     }
 
     proptest! {
         #[test]
-        fn forward_events_converge_in_any_order(
-            events in proptest::collection::vec(event_strategy(), 0..12),
-            shuffle_seed in any::<u64>(),
+        fn any_events_never_leave_a_final_status_or_go_back(
+            events in proptest::collection::vec(any_event(), 0..16),
         ) {
-            let mut shuffled = events.clone();
-            let mut rng = shuffle_seed;
-            for i in (1..shuffled.len()).rev() {
-                rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                let j = (rng >> 33) as usize % (i + 1);
-                shuffled.swap(i, j);
+            let mut status = OrderStatus::Placed;
+            for event in events {
+                let next = match status.apply(event) {
+                    Transition::To(next) => next,
+                    Transition::Stale | Transition::Illegal => status,
+                };
+                prop_assert!(!status.is_final() || next == status, "{status} moved to {next}");
+                if let (Some(before), Some(after)) = (status.progress(), next.progress()) {
+                    prop_assert!(after >= before, "{status} went back to {next}");
+                }
+                status = next;
             }
+        }
 
-            let expected = events
-                .iter()
-                .map(|e| replay(&[*e]))
-                .max_by_key(|s| s.progress())
-                .unwrap_or(OrderStatus::Placed);
+        #[test]
+        fn scrambled_history_converges(history in kitchen_and_courier_history(), seed in any::<u64>()) {
+            let delivered = scramble(&history, seed);
 
-            prop_assert_eq!(replay(&events), expected);
-            prop_assert_eq!(replay(&shuffled), expected);
+            prop_assert_eq!(replay(&delivered), implied(&history), "delivered as {:?}", delivered);
+        }
+
+        #[test]
+        fn cancel_before_pickup_wins_over_late_events(
+            steps in 0usize..=2,
+            late in 0usize..=2,
+            seed in any::<u64>(),
+        ) {
+            let before = scramble(&HAPPY_PATH[..steps], seed);
+            let after = scramble(&HAPPY_PATH[steps..(steps + late).min(4)], seed.rotate_left(7));
+
+            let at_cancel = replay(&before);
+            let cancelled = replay_from(at_cancel, &[OrderEvent::Cancelled]);
+            let end = replay_from(cancelled, &after);
+
+            prop_assert_eq!(cancelled, OrderStatus::Cancelled);
+            prop_assert_eq!(end, OrderStatus::Cancelled);
         }
     }
 

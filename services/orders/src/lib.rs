@@ -14,15 +14,19 @@
 //! - [`routes`]: the REST handlers.
 //! - [`consumer`]: the menu replica (a stream reader) and the lifecycle (a work
 //!   queue).
+//! - [`saga`]: how a change moves an order and what it sets in motion.
+//! - [`compensation`]: the worker that voids and captures payments.
 //! - [`storage`]: the SQL.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod compensation;
 pub mod consumer;
 pub mod domain;
 pub mod payments;
 pub mod place;
 pub mod routes;
+pub mod saga;
 pub mod storage;
 
 use std::net::SocketAddr;
@@ -40,6 +44,7 @@ use tiffin_runtime::token::TokenVerifier;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+use crate::compensation::PaymentWorker;
 use crate::consumer::{LIFECYCLE_EVENTS, LIFECYCLE_GROUP, MENU_GROUP, MenuReplica, OrderLifecycle};
 use crate::payments::PaymentsGateway;
 
@@ -65,6 +70,9 @@ pub struct Settings {
     pub consumer: RetryPolicy,
     /// Lifecycle events handled at once. Default 16.
     pub concurrency: usize,
+    /// A fault for tests: exit the process right after payments confirms a void or
+    /// capture, before recording it. Default false.
+    pub fault_exit_after_payment_step: bool,
 }
 
 impl Settings {
@@ -83,6 +91,7 @@ impl Settings {
             payment_deadline: Duration::from_millis(500),
             consumer: RetryPolicy::default(),
             concurrency: 16,
+            fault_exit_after_payment_step: false,
         }
     }
 }
@@ -98,6 +107,8 @@ pub struct AppState {
     pub payments: PaymentsGateway,
     /// Wakes the outbox relay after a commit.
     pub relay_waker: Arc<Notify>,
+    /// Wakes the payment worker after a commit that added a payment step.
+    pub compensation_waker: Arc<Notify>,
     /// True once the menu replica has read the catalog's stream to its end.
     pub replica_caught_up: watch::Receiver<bool>,
 }
@@ -144,6 +155,7 @@ impl Service {
             verifier,
             payments,
             relay_waker: relay.waker(),
+            compensation_waker: Arc::new(Notify::new()),
             replica_caught_up,
         };
         Ok(Self {
@@ -199,7 +211,11 @@ impl Service {
         let lifecycle = tokio::spawn(run_queue(
             LIFECYCLE_GROUP,
             lifecycle_rx,
-            Arc::new(OrderLifecycle::new(self.state.db.clone())),
+            Arc::new(OrderLifecycle::new(
+                self.state.db.clone(),
+                self.state.relay_waker.clone(),
+                self.state.compensation_waker.clone(),
+            )),
             self.settings.consumer.clone(),
             self.settings.concurrency,
             consumers.clone(),
@@ -212,6 +228,16 @@ impl Service {
             Some(self.caught_up),
             consumers.clone(),
         ));
+        let worker_stop = CancellationToken::new();
+        let worker = tokio::spawn(
+            PaymentWorker::new(
+                self.state.db.clone(),
+                self.state.payments.clone(),
+                self.state.compensation_waker.clone(),
+                self.settings.fault_exit_after_payment_step,
+            )
+            .run(worker_stop.clone()),
+        );
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
 
         let router = tiffin_runtime::http::with_common_layers(routes::router(self.state.clone()));
@@ -220,6 +246,8 @@ impl Service {
 
         consumers.cancel();
         let _ = tokio::join!(lifecycle, menu);
+        worker_stop.cancel();
+        let _ = worker.await;
         relay_stop.cancel();
         let _ = relay.await;
         self.state.db.close().await;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use tiffin_proto::payments::v1::payments_client::PaymentsClient;
-use tiffin_proto::payments::v1::{AuthorizeRequest, Payment, PaymentStatus};
+use tiffin_proto::payments::v1::{AuthorizeRequest, CaptureRequest, Payment, PaymentStatus, VoidRequest};
 use tiffin_runtime::trace::{TRACEPARENT, TraceContext};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -138,6 +138,41 @@ impl PaymentsGateway {
         }
     }
 }
+
+impl PaymentsGateway {
+    /// Voids an authorization. Voiding a voided payment succeeds and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// Returns the gRPC status; `FailedPrecondition` means the payment was captured.
+    pub async fn void(&self, payment_id: &str, reason: &str) -> Result<(), tonic::Status> {
+        let mut request = Request::new(VoidRequest {
+            payment_id: payment_id.to_owned(),
+            reason: reason.to_owned(),
+        });
+        request.set_timeout(STEP_DEADLINE);
+        self.client.clone().void(request).await.map(|_| ())
+    }
+
+    /// Captures `amount_cents` of an authorization. Capturing a captured payment
+    /// succeeds and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// Returns the gRPC status; `FailedPrecondition` means the payment was voided.
+    pub async fn capture(&self, payment_id: &str, amount_cents: i64) -> Result<(), tonic::Status> {
+        let mut request = Request::new(CaptureRequest {
+            payment_id: payment_id.to_owned(),
+            amount_cents,
+        });
+        request.set_timeout(STEP_DEADLINE);
+        self.client.clone().capture(request).await.map(|_| ())
+    }
+}
+
+/// Deadline of a void or capture. Nobody waits on them, so it is longer than an
+/// authorization's.
+const STEP_DEADLINE: Duration = Duration::from_secs(2);
 
 fn outcome(payment: Payment) -> Authorization {
     if payment.status == PaymentStatus::Declined as i32 {

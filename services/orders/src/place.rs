@@ -9,7 +9,9 @@
 //! 4. One transaction writes the order, its lines, its timeline, the idempotency key
 //!    and the `order.placed` outbox row.
 //!
-//! A declined card or a failed call leaves nothing in the order database.
+//! A failed call leaves nothing in the order database. A declined card leaves the
+//! order in `payment_declined`, so a retry answers 402 again without calling payments;
+//! the kitchen never hears of it.
 
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
@@ -21,10 +23,10 @@ use tiffin_runtime::problem::{Problem, internal_error};
 use tiffin_runtime::time::now_millis;
 use tiffin_runtime::trace::TraceContext;
 
-use crate::domain::{self, PlaceOrderRequest};
+use crate::domain::{self, OrderStatus, PlaceOrderRequest, PricedOrder};
 use crate::payments::{Authorization, PaymentError};
-use crate::storage::{self, NewOrder, OrderRecord, StoredAddress};
-use crate::{AppState, SOURCE};
+use crate::storage::{self, NewOrder, OrderRecord, OrderSummary, StoredAddress};
+use crate::{AppState, SOURCE, saga};
 
 /// The result of a successful placement.
 #[derive(Debug)]
@@ -83,24 +85,25 @@ pub async fn place_order(
         )
         .await
         .map_err(|error| payment_problem(&error))?;
-    let payment_id = match authorization {
-        Authorization::Authorized { payment_id } => payment_id,
+    let (payment_id, decline_reason) = match authorization {
+        Authorization::Authorized { payment_id } => (payment_id, None),
         Authorization::Declined { payment_id, reason } => {
             tracing::info!(%payment_id, %reason, "payment declined");
-            return Err(Problem::new(
-                StatusCode::PAYMENT_REQUIRED,
-                "payment-declined",
-                format!(
-                    "the card was declined ({reason}); no order was placed and nothing was charged"
-                ),
-            ));
+            (payment_id, Some(reason))
         }
+    };
+    let status = if decline_reason.is_some() {
+        OrderStatus::PaymentDeclined
+    } else {
+        OrderStatus::Placed
     };
 
     let now = now_millis();
     let address = &request.delivery_address;
     let new_order = NewOrder {
         id: &order_id,
+        status,
+        reason: decline_reason.as_deref(),
         customer_id,
         restaurant_id: &request.restaurant_id,
         total_cents: priced.total_cents,
@@ -116,43 +119,38 @@ pub async fn place_order(
         replay_delivery_minutes: request.replay_delivery_minutes,
         now,
     };
-    let event = Envelope::new(
+    let summary = OrderSummary {
+        status,
+        customer_id: customer_id.to_owned(),
+        restaurant_id: request.restaurant_id.clone(),
+        total_cents: priced.total_cents,
+        currency: priced.currency.clone(),
+        payment_id: payment_id.clone(),
+    };
+    let mut events = vec![Envelope::new(
         SOURCE,
-        &OrderPlaced {
-            order_id: order_id.clone(),
-            customer_id: customer_id.to_owned(),
-            restaurant_id: request.restaurant_id.clone(),
-            lines: priced
-                .lines
-                .iter()
-                .map(|line| OrderLine {
-                    menu_item_id: line.menu_item_id.clone(),
-                    name: line.name.clone(),
-                    quantity: line.quantity,
-                    unit_price_cents: line.unit_price_cents,
-                })
-                .collect(),
-            total_cents: priced.total_cents,
-            currency: priced.currency.clone(),
-            payment_id: payment_id.clone(),
-            placed_at: now,
-            replay_delivery_minutes: request.replay_delivery_minutes,
-            replay_local_time: None,
-        },
+        &saga::status_changed(&order_id, &summary, status, decline_reason.as_deref(), now),
         Some(trace.child()),
-    );
+    )];
+    // A declined order is stored so that a retry answers the same, but the kitchen
+    // never hears of it.
+    if decline_reason.is_none() {
+        events.insert(0, placed_event(&order_id, customer_id, request, &priced, &payment_id, now, trace));
+    }
 
     let written = async {
         let mut tx = state.db.begin_write().await?;
         storage::insert_order(&mut tx, &new_order, idempotency_key, &request_hash).await?;
-        outbox::enqueue(&mut tx, &event).await?;
+        for event in &events {
+            outbox::enqueue(&mut tx, event).await?;
+        }
         tx.commit().await
     }
     .await;
     match written {
         Ok(()) => {
             state.relay_waker.notify_one();
-            tracing::info!(total_cents = priced.total_cents, %payment_id, "order placed");
+            tracing::info!(total_cents = priced.total_cents, %payment_id, %status, "order stored");
         }
         Err(error) if is_unique_violation(&error) => {
             // A concurrent request with the same key committed first; answer as it did.
@@ -163,6 +161,9 @@ pub async fn place_order(
         }
         Err(error) => return Err(internal_error(error)),
     }
+    if let Some(reason) = decline_reason {
+        return Err(declined(&reason));
+    }
 
     let order = storage::find_order(&state.db, &order_id)
         .await
@@ -172,6 +173,47 @@ pub async fn place_order(
         order,
         replayed: false,
     })
+}
+
+fn placed_event(
+    order_id: &str,
+    customer_id: &str,
+    request: &PlaceOrderRequest,
+    priced: &PricedOrder,
+    payment_id: &str,
+    now: i64,
+    trace: TraceContext,
+) -> Envelope {
+    let placed = OrderPlaced {
+        order_id: order_id.to_owned(),
+        customer_id: customer_id.to_owned(),
+        restaurant_id: request.restaurant_id.clone(),
+        lines: priced
+            .lines
+            .iter()
+            .map(|line| OrderLine {
+                menu_item_id: line.menu_item_id.clone(),
+                name: line.name.clone(),
+                quantity: line.quantity,
+                unit_price_cents: line.unit_price_cents,
+            })
+            .collect(),
+        total_cents: priced.total_cents,
+        currency: priced.currency.clone(),
+        payment_id: payment_id.to_owned(),
+        placed_at: now,
+        replay_delivery_minutes: request.replay_delivery_minutes,
+        replay_local_time: request.replay_local_time.clone(),
+    };
+    Envelope::new(SOURCE, &placed, Some(trace.child()))
+}
+
+fn declined(reason: &str) -> Problem {
+    Problem::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "payment-declined",
+        format!("the card was declined ({reason}); the order was not placed and nothing was charged"),
+    )
 }
 
 /// Returns the order an idempotency key created, or 422 when the body differs.

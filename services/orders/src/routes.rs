@@ -1,5 +1,6 @@
 //! REST handlers of the order service.
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -8,12 +9,14 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use tiffin_runtime::json::Json;
 use tiffin_runtime::problem::{Problem, internal_error};
+use tiffin_runtime::time::now_millis;
 use tiffin_runtime::token::{Caller, Claims, Role};
 use tiffin_runtime::trace::TraceContext;
 
 use crate::AppState;
-use crate::domain::{self, OrderStatus, PlaceOrderRequest};
+use crate::domain::{self, OrderEvent, OrderStatus, PlaceOrderRequest};
 use crate::place::place_order;
+use crate::saga::{self, Change, Outcome};
 use crate::storage::{self, OrderRecord};
 
 /// Builds the service's routes (without the common layers).
@@ -22,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders", post(create_order))
         .route("/v1/orders/{id}", get(get_order))
         .route("/v1/orders/{id}/status", get(get_status))
+        .route("/v1/orders/{id}/cancel", post(cancel_order))
         .route("/v1/users/{id}/orders", get(list_user_orders))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -138,6 +142,82 @@ async fn list_user_orders(
         .await
         .map_err(internal_error)?;
     Ok(Json(OrderList { items }))
+}
+
+/// The optional body of `POST /v1/orders/{id}/cancel`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    reason: Option<String>,
+}
+
+/// Cancels an order before pickup. Cancelling a cancelled order returns it again; an
+/// order past the point of cancelling gives 409 with the reason. Another customer's
+/// order gives 404 like an unknown one, so nobody learns which orders exist.
+async fn cancel_order(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceContext>,
+    Caller(claims): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OrderRecord>, Problem> {
+    tracing::Span::current().record("order_id", id.as_str());
+    let not_found = || Problem::not_found(format!("order {id} does not exist"));
+    let order = storage::find_order(&state.db, &id).await.map_err(internal_error)?.ok_or_else(not_found)?;
+    if order.customer_id != claims.sub && claims.role != Role::Admin {
+        return Err(not_found());
+    }
+    let request: CancelRequest = if body.is_empty() {
+        CancelRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| Problem::invalid_field("reason", format!("invalid cancel request body: {error}")))?
+    };
+    let reason = request
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "customer_request".to_owned());
+    if reason.len() > 200 {
+        return Err(Problem::invalid_field("reason", format!("reason is {} bytes long; at most 200 are allowed", reason.len())));
+    }
+
+    let outcome = async {
+        let mut tx = state.db.begin_write().await?;
+        let change = Change {
+            order_id: &id,
+            event: OrderEvent::Cancelled,
+            at: now_millis(),
+            reason: Some(&reason),
+            event_id: None,
+            trace,
+        };
+        let outcome = saga::apply(&mut tx, &change).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(outcome)
+    }
+    .await
+    .map_err(internal_error)?;
+
+    match outcome {
+        Outcome::Moved { .. } => {
+            state.relay_waker.notify_one();
+            state.compensation_waker.notify_one();
+            tracing::info!(%reason, "order cancelled");
+        }
+        Outcome::Stale(_) => {}
+        Outcome::Illegal(status) => {
+            let why = match status {
+                OrderStatus::PickedUp => "a courier has already picked it up".to_owned(),
+                OrderStatus::Delivered => "it has already been delivered".to_owned(),
+                other => format!("it is already {other}"),
+            };
+            return Err(Problem::conflict(format!("order {id} cannot be cancelled: {why}")));
+        }
+        Outcome::UnknownOrder => return Err(not_found()),
+    }
+    let order = storage::find_order(&state.db, &id).await.map_err(internal_error)?.ok_or_else(not_found)?;
+    Ok(Json(order))
 }
 
 /// Loads an order the caller may see: their own, or any for an admin.

@@ -62,6 +62,9 @@ pub struct TimelineEntry {
     pub status: OrderStatus,
     /// Unix milliseconds.
     pub at: i64,
+    /// Why, for a rejection, cancellation or declined payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A new order to insert.
@@ -69,6 +72,10 @@ pub struct TimelineEntry {
 pub struct NewOrder<'a> {
     /// The order id.
     pub id: &'a str,
+    /// `placed`, or `payment_declined` for an order whose card was declined.
+    pub status: OrderStatus,
+    /// Why, for a declined order.
+    pub reason: Option<&'a str>,
     /// The customer.
     pub customer_id: &'a str,
     /// The restaurant.
@@ -212,7 +219,7 @@ pub async fn insert_order(
     .bind(order.id)
     .bind(order.customer_id)
     .bind(order.restaurant_id)
-    .bind(OrderStatus::Placed.as_str())
+    .bind(order.status.as_str())
     .bind(order.total_cents)
     .bind(order.currency)
     .bind(order.payment_id)
@@ -240,43 +247,187 @@ pub async fn insert_order(
         .await?;
     }
 
-    record_status(tx, order.id, OrderStatus::Placed, order.now, None).await
+    record_status(tx, order.id, order.status, order.now, None, order.reason).await?;
+    Ok(())
 }
 
-/// Appends a timeline entry; a repeated status keeps its first time.
+/// Appends a timeline entry and returns true, or returns false when the order already
+/// has an entry for `status` (which keeps its first time).
 pub async fn record_status(
     tx: &mut Transaction<'_, Any>,
     order_id: &str,
     status: OrderStatus,
     at: i64,
     event_id: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO order_status_history (order_id, status, changed_at, event_id) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT DO NOTHING",
+    reason: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO order_status_history (order_id, status, changed_at, event_id, reason) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
     )
     .bind(order_id)
     .bind(status.as_str())
     .bind(at)
     .bind(event_id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// What the saga needs to know about an order to act on it.
+#[derive(Debug, Clone)]
+pub struct OrderSummary {
+    /// Where it stands.
+    pub status: OrderStatus,
+    /// The customer.
+    pub customer_id: String,
+    /// The restaurant.
+    pub restaurant_id: String,
+    /// Total in minor units.
+    pub total_cents: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The payment authorization.
+    pub payment_id: String,
+}
+
+/// Reads an order's summary inside a transaction.
+pub async fn summary_for_update(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+) -> Result<Option<OrderSummary>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT status, customer_id, restaurant_id, total_cents, currency, payment_id FROM orders WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|row| {
+        let status: String = row.try_get("status")?;
+        Ok(OrderSummary {
+            status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            customer_id: row.try_get("customer_id")?,
+            restaurant_id: row.try_get("restaurant_id")?,
+            total_cents: row.try_get("total_cents")?,
+            currency: row.try_get("currency")?,
+            payment_id: row.try_get("payment_id")?,
+        })
+    })
+    .transpose()
+}
+
+/// A payment step the saga owes: void or capture an order's authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentAction {
+    /// The order.
+    pub order_id: String,
+    /// `void` or `capture`.
+    pub action: String,
+    /// The authorization.
+    pub payment_id: String,
+    /// Amount to capture, in minor units (the order total).
+    pub amount_cents: i64,
+    /// Why, for a void.
+    pub reason: String,
+    /// Attempts made so far.
+    pub attempts: i64,
+}
+
+/// Records a payment step to do, once per order and action.
+pub async fn add_payment_action(
+    tx: &mut Transaction<'_, Any>,
+    action: &PaymentAction,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payment_actions (order_id, action, payment_id, amount_cents, reason, status, attempts, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&action.order_id)
+    .bind(&action.action)
+    .bind(&action.payment_id)
+    .bind(action.amount_cents)
+    .bind(&action.reason)
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Reads an order's status inside a transaction.
-pub async fn status_for_update(
-    tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-) -> Result<Option<OrderStatus>, sqlx::Error> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    status
-        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
-        .transpose()
+/// Lists pending payment steps that are due, oldest first.
+pub async fn due_payment_actions(db: &Database, now: i64, limit: i64) -> Result<Vec<PaymentAction>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT order_id, action, payment_id, amount_cents, reason, attempts FROM payment_actions \
+         WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, order_id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PaymentAction {
+                order_id: row.try_get("order_id")?,
+                action: row.try_get("action")?,
+                payment_id: row.try_get("payment_id")?,
+                amount_cents: row.try_get("amount_cents")?,
+                reason: row.try_get("reason")?,
+                attempts: row.try_get("attempts")?,
+            })
+        })
+        .collect()
+}
+
+/// Returns when the next pending payment step is due, if any.
+pub async fn next_payment_action_due(db: &Database) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM payment_actions WHERE status = 'pending'")
+        .fetch_one(db.pool())
+        .await
+}
+
+/// Marks a payment step finished: `done`, or `failed` when payments refused it for
+/// good (the audit reports those).
+pub async fn finish_payment_action(
+    db: &Database,
+    action: &PaymentAction,
+    status: &str,
+    error: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payment_actions SET status = $3, attempts = attempts + 1, last_error = $4, done_at = $5 \
+         WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+    )
+    .bind(&action.order_id)
+    .bind(&action.action)
+    .bind(status)
+    .bind(error)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Schedules another attempt of a payment step.
+pub async fn retry_payment_action(
+    db: &Database,
+    action: &PaymentAction,
+    error: &str,
+    next_attempt_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payment_actions SET attempts = attempts + 1, last_error = $3, next_attempt_at = $4 \
+         WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+    )
+    .bind(&action.order_id)
+    .bind(&action.action)
+    .bind(error)
+    .bind(next_attempt_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
 }
 
 /// Sets an order's status.
@@ -323,7 +474,7 @@ pub async fn find_order(db: &Database, order_id: &str) -> Result<Option<OrderRec
     }
 
     let history = sqlx::query(
-        "SELECT status, changed_at FROM order_status_history WHERE order_id = $1 ORDER BY changed_at, status",
+        "SELECT status, changed_at, reason FROM order_status_history WHERE order_id = $1 ORDER BY changed_at, status",
     )
     .bind(order_id)
     .fetch_all(db.pool())
@@ -335,6 +486,7 @@ pub async fn find_order(db: &Database, order_id: &str) -> Result<Option<OrderRec
                 .parse()
                 .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             at: entry.try_get("changed_at")?,
+            reason: entry.try_get("reason")?,
         });
     }
     Ok(Some(order))
