@@ -35,6 +35,7 @@ use tiffin_bus::api::{Bus, Publisher};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::outbox::OutboxRelay;
 use tiffin_events::menu::MenuItemUpserted;
+use tiffin_events::restaurant::RestaurantUpserted;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::{Database, PoolSettings};
 use tiffin_runtime::http;
@@ -202,7 +203,8 @@ async fn seed_database(db: &Database) -> anyhow::Result<()> {
     let new_items = storage::insert_menu_items(&mut tx, &items)
         .await
         .context("failed to store the seed menu items")?;
-    let events = upserted_events(&catalog, &new_items);
+    let mut events = restaurant_events(&catalog, &new_restaurants);
+    events.extend(upserted_events(&catalog, &new_items));
     tiffin_bus::outbox::enqueue_many(&mut tx, &events)
         .await
         .context("failed to queue the seed events")?;
@@ -211,17 +213,44 @@ async fn seed_database(db: &Database) -> anyhow::Result<()> {
         .context("failed to commit the seed transaction")?;
 
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    if new_restaurants == 0 && new_items.is_empty() {
+    if new_restaurants.is_empty() && new_items.is_empty() {
         tracing::info!(elapsed_ms, "catalog already seeded");
     } else {
         tracing::info!(
-            restaurants = new_restaurants,
+            restaurants = new_restaurants.len(),
             menu_items = new_items.len(),
             elapsed_ms,
             "catalog seeded"
         );
     }
     Ok(())
+}
+
+/// Builds one `restaurant.upserted` event per restaurant of `catalog` whose id is in
+/// `new_restaurants`, in catalog order.
+fn restaurant_events(catalog: &[SeedRestaurant], new_restaurants: &[String]) -> Vec<Envelope> {
+    let new_restaurants = new_restaurants
+        .iter()
+        .map(String::as_str)
+        .collect::<std::collections::HashSet<_>>();
+    let trace = TraceContext::new_root();
+    catalog
+        .iter()
+        .map(|entry| &entry.restaurant)
+        .filter(|restaurant| new_restaurants.contains(restaurant.id.as_str()))
+        .map(|restaurant| {
+            let payload = RestaurantUpserted {
+                restaurant_id: restaurant.id.clone(),
+                name: restaurant.name.clone(),
+                amenity: restaurant.amenity.as_str().to_owned(),
+                lat: restaurant.lat,
+                lon: restaurant.lon,
+                opening_hours: restaurant.opening_hours.clone(),
+                revision: 1,
+            };
+            Envelope::new(SOURCE, &payload, Some(trace))
+        })
+        .collect()
 }
 
 /// Builds one `menu.item.upserted` event per item of `catalog` whose id is in

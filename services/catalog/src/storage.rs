@@ -5,7 +5,6 @@
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
-use tiffin_bus::envelope::Envelope;
 use tiffin_runtime::db::Database;
 
 use crate::domain::{
@@ -25,7 +24,7 @@ const RESTAURANT_COLUMNS: &str = "id, name, amenity, cuisines, lat, lon, opening
                                   street, housenumber, postcode, city";
 
 /// Inserts the restaurants that are not stored yet, with their cuisine keys, and
-/// returns how many were new. Existing rows are left unchanged.
+/// returns the ids of those that were new. Existing rows are left unchanged.
 ///
 /// # Errors
 ///
@@ -33,12 +32,12 @@ const RESTAURANT_COLUMNS: &str = "id, name, amenity, cuisines, lat, lon, opening
 pub async fn insert_restaurants(
     tx: &mut Transaction<'static, Any>,
     restaurants: &[&Restaurant],
-) -> Result<u64, sqlx::Error> {
-    let mut inserted = 0;
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut inserted = Vec::new();
     for chunk in restaurants.chunks(MAX_BINDS / 12) {
         let sql = format!(
             "INSERT INTO restaurants ({RESTAURANT_COLUMNS}, city_key) VALUES {} \
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO NOTHING RETURNING id",
             placeholders(chunk.len(), 12)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -57,7 +56,9 @@ pub async fn insert_restaurants(
                 .bind(restaurant.address.city.as_str())
                 .bind(fold(&restaurant.address.city));
         }
-        inserted += query.execute(&mut **tx).await?.rows_affected();
+        for row in query.fetch_all(&mut **tx).await? {
+            inserted.push(row.try_get::<String, _>("id")?);
+        }
     }
 
     let keys = restaurants

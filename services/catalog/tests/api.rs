@@ -12,6 +12,7 @@ use tiffin_bus::api::{StartPosition, StreamSpec, Subscriber};
 use tiffin_bus::embedded::EmbeddedBus;
 use tiffin_catalog::{Service, Settings, seed};
 use tiffin_events::menu::MenuItemUpserted;
+use tiffin_events::restaurant::RestaurantUpserted;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
 use tokio::task::JoinHandle;
@@ -170,7 +171,7 @@ async fn first_start_publishes_every_item() {
     let app = TestApp::spawn().await;
     let expected = seed_item_count();
 
-    app.wait_for_events(app.menu_items).await;
+    app.wait_for_events(app.menu_items + SEED_RESTAURANTS).await;
     let (_dir, bus) = app.stop().await;
     let events = read_upserted_events(&bus).await;
 
@@ -195,7 +196,7 @@ async fn first_start_stores_every_item() {
 #[tokio::test]
 async fn seeded_event_carries_item() {
     let app = TestApp::spawn().await;
-    app.wait_for_events(app.menu_items).await;
+    app.wait_for_events(app.menu_items + SEED_RESTAURANTS).await;
     let (_dir, bus) = app.stop().await;
 
     let events = read_upserted_events(&bus).await;
@@ -216,7 +217,7 @@ async fn seeded_event_carries_item() {
 #[tokio::test]
 async fn restart_publishes_nothing_new() {
     let app = TestApp::spawn().await;
-    app.wait_for_events(app.menu_items).await;
+    app.wait_for_events(app.menu_items + SEED_RESTAURANTS).await;
     let (dir, bus) = app.stop().await;
     let published = bus.event_count().await.expect("the bus log is readable");
 
@@ -466,4 +467,50 @@ async fn readyz_answers_ok() {
 
     assert_eq!(response.status(), 200);
     app.stop().await;
+}
+
+/// Restaurants in the shipped OpenStreetMap extract.
+const SEED_RESTAURANTS: i64 = 1465;
+
+#[tokio::test]
+async fn first_start_publishes_every_restaurant() {
+    let app = TestApp::spawn().await;
+    app.wait_for_events(app.menu_items + SEED_RESTAURANTS).await;
+    let (_dir, bus) = app.stop().await;
+
+    let spec = StreamSpec {
+        group: "test-restaurants".to_owned(),
+        event_types: vec!["restaurant.upserted".to_owned()],
+        start: StartPosition::Beginning,
+    };
+    let mut stream = bus.stream(&spec).await.expect("the stream opens");
+    let mut restaurants = Vec::new();
+    loop {
+        let batch = stream
+            .fetch(1000, Duration::from_millis(200))
+            .await
+            .expect("the stream is readable");
+        if batch.is_empty() {
+            break;
+        }
+        for message in batch {
+            restaurants.push(
+                message
+                    .envelope
+                    .decode::<RestaurantUpserted>()
+                    .expect("the payload decodes"),
+            );
+        }
+    }
+
+    assert_eq!(restaurants.len() as i64, SEED_RESTAURANTS);
+    let arnolds = restaurants
+        .iter()
+        .find(|r| r.restaurant_id == "node-6139262633")
+        .expect("Arnolds is published");
+    assert_eq!(arnolds.amenity, "cafe");
+    assert_eq!(
+        arnolds.opening_hours.as_deref(),
+        Some("Mo-Fr 08:00-20:00; Sa 09:00-18:00; Su 12:00-18:00")
+    );
 }

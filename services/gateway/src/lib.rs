@@ -7,6 +7,8 @@
 //! | `/v1/restaurants...` | catalog |
 //! | `/v1/orders...`, `/v1/users/...` | orders |
 //! | `/v1/kitchen/...` | kitchen |
+//! | `/v1/delivery/...` | delivery |
+//! | `/v1/notifications...` | notifications |
 //! | `/v1/analytics/...` | analytics |
 //!
 //! Method, path, query, body and end-to-end headers pass through, with
@@ -91,6 +93,10 @@ pub struct Upstreams {
     pub orders: String,
     /// The kitchen service.
     pub kitchen: String,
+    /// The delivery service.
+    pub delivery: String,
+    /// The notification service.
+    pub notifications: String,
     /// The analytics service.
     pub analytics: String,
 }
@@ -122,6 +128,8 @@ impl Service {
             catalog: base_url("catalog", &upstreams.catalog)?,
             orders: base_url("orders", &upstreams.orders)?,
             kitchen: base_url("kitchen", &upstreams.kitchen)?,
+            delivery: base_url("delivery", &upstreams.delivery)?,
+            notifications: base_url("notifications", &upstreams.notifications)?,
             analytics: base_url("analytics", &upstreams.analytics)?,
         };
         let proxy = Proxy::new(base_urls, settings.request_timeout)?;

@@ -20,6 +20,8 @@ pub(crate) struct BaseUrls {
     pub(crate) catalog: String,
     pub(crate) orders: String,
     pub(crate) kitchen: String,
+    pub(crate) delivery: String,
+    pub(crate) notifications: String,
     pub(crate) analytics: String,
 }
 
@@ -30,6 +32,8 @@ impl BaseUrls {
             Upstream::Catalog => &self.catalog,
             Upstream::Orders => &self.orders,
             Upstream::Kitchen => &self.kitchen,
+            Upstream::Delivery => &self.delivery,
+            Upstream::Notifications => &self.notifications,
             Upstream::Analytics => &self.analytics,
         }
     }

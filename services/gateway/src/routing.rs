@@ -12,16 +12,20 @@ pub(crate) enum Upstream {
     Catalog,
     Orders,
     Kitchen,
+    Delivery,
+    Notifications,
     Analytics,
 }
 
 impl Upstream {
     /// Every upstream, in the order readiness reports them.
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::Auth,
         Self::Catalog,
         Self::Orders,
         Self::Kitchen,
+        Self::Delivery,
+        Self::Notifications,
         Self::Analytics,
     ];
 
@@ -32,6 +36,8 @@ impl Upstream {
             Self::Catalog => "catalog",
             Self::Orders => "orders",
             Self::Kitchen => "kitchen",
+            Self::Delivery => "delivery",
+            Self::Notifications => "notifications",
             Self::Analytics => "analytics",
         }
     }
@@ -44,8 +50,7 @@ impl fmt::Display for Upstream {
 }
 
 /// The path prefixes the gateway forwards, for the 404 detail.
-pub(crate) const ROUTED_PREFIXES: &str =
-    "/v1/auth, /v1/restaurants, /v1/orders, /v1/users, /v1/kitchen and /v1/analytics";
+pub(crate) const ROUTED_PREFIXES: &str = "/v1/auth, /v1/restaurants, /v1/orders, /v1/users, /v1/kitchen, /v1/delivery, /v1/notifications and /v1/analytics";
 
 /// A request target matched to its upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +83,8 @@ pub(crate) fn route(path_and_query: &str) -> Option<Route> {
         "restaurants" => Upstream::Catalog,
         "orders" | "users" => Upstream::Orders,
         "kitchen" => Upstream::Kitchen,
+        "delivery" => Upstream::Delivery,
+        "notifications" => Upstream::Notifications,
         "analytics" => Upstream::Analytics,
         _ => return None,
     };

@@ -86,8 +86,10 @@ async fn two_upstreams() -> Upstreams {
     Upstreams {
         auth: first.clone(),
         catalog: second.clone(),
-        orders: first,
+        orders: first.clone(),
         kitchen: second.clone(),
+        delivery: first,
+        notifications: second.clone(),
         analytics: second,
     }
 }
