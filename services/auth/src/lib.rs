@@ -173,3 +173,36 @@ async fn load_or_create_signer(db: &Database) -> anyhow::Result<Signer> {
     };
     Signer::from_stored(&stored)
 }
+
+/// Creates an account with any role in the auth database at `database_url`, for
+/// operators: self-registration creates customers only, so staff and admin accounts
+/// come from here (`tiffin users add`). Returns the new user id.
+///
+/// # Errors
+///
+/// Fails when the email or password is invalid, the email is taken, or the database
+/// cannot be opened.
+pub async fn create_user(
+    database_url: &str,
+    email: &str,
+    password: &str,
+    role: tiffin_runtime::token::Role,
+) -> anyhow::Result<String> {
+    let email = domain::Email::parse(email).map_err(|invalid| anyhow::anyhow!("{}", invalid.detail))?;
+    let password =
+        domain::Password::parse(password.to_owned()).map_err(|invalid| anyhow::anyhow!("{}", invalid.detail))?;
+    let db = Database::open(database_url, &PoolSettings::default(), &MIGRATOR).await?;
+    let password_hash = PasswordHasher::new().await?.hash(password).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let user = storage::NewUser {
+        id: &id,
+        email: &email,
+        password_hash: &password_hash,
+        role,
+        created_at: tiffin_runtime::time::now_millis(),
+    };
+    let inserted = storage::insert_user(&db, &user).await?;
+    db.close().await;
+    anyhow::ensure!(inserted, "an account with email {email} already exists");
+    Ok(id)
+}
