@@ -1,12 +1,15 @@
-//! The projection: folds order events into `order_facts`.
+//! The projection: folds order events into `order_facts` and `status_changes`.
 
 use async_trait::async_trait;
 use sqlx::{Any, Transaction};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::{Handler, HandlerError, inbox};
-use tiffin_events::order::{OrderAccepted, OrderPlaced, OrderReady};
+use tiffin_events::order::{
+    OrderAccepted, OrderDelivered, OrderPlaced, OrderReady, OrderStatusChanged,
+};
 use tiffin_runtime::db::Database;
 
+use crate::domain::OrderStatus;
 use crate::storage;
 
 /// The inbox's consumer name, shared by the live reader and a rebuild.
@@ -75,8 +78,29 @@ async fn apply(tx: &mut Transaction<'_, Any>, event: &Envelope) -> Result<(), Ha
                 .map_err(HandlerError::permanent)?;
             storage::record_ready(tx, &data.order_id, data.ready_at, data.preparation_ms).await?;
         }
-        // Later order events (pickup, delivery, rejection) are read and skipped until
-        // the projection has figures for them.
+        "order.delivered" => {
+            let data = event
+                .decode::<OrderDelivered>()
+                .map_err(HandlerError::permanent)?;
+            storage::record_delivered(tx, &data.order_id, data.delivered_at, data.delivery_ms)
+                .await?;
+        }
+        "order.status_changed" => {
+            let data = event
+                .decode::<OrderStatusChanged>()
+                .map_err(HandlerError::permanent)?;
+            let status = OrderStatus::parse(&data.status).ok_or_else(|| {
+                HandlerError::permanent(anyhow::anyhow!(
+                    "event {} has an unknown order status {:?}: expected one of {}",
+                    event.id,
+                    data.status,
+                    OrderStatus::ALL.map(OrderStatus::as_str).join(", ")
+                ))
+            })?;
+            storage::record_status_change(tx, &data, status).await?;
+        }
+        // Pickups, rejections and cancellations are counted from the status changes,
+        // which carry the order service's decision rather than the raw report.
         other => tracing::trace!(event_type = other, "event type not projected"),
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! The analytics service: live figures projected from the order event stream.
 //!
 //! It reads every order event from the start of the stream at its own pace, folds
-//! them into one row per order, and computes the figures from those rows when asked.
+//! them into one row per order and one row per order and status reported by
+//! `order.status_changed`, and computes the figures from those rows when asked.
 //! The figures depend only on event data (event times, not the time of reading), so
 //! [`rebuild`] — deleting the projection and replaying the stream from the start —
 //! gives the same figures.
@@ -10,11 +11,14 @@
 //!
 //! - [`consumer`]: the projection handler.
 //! - [`storage`]: the SQL, including the summary's aggregates.
+//! - [`domain`]: order statuses and the figures computed from counts and stored
+//!   values (funnel, early endings, distributions).
 //! - [`routes`]: `GET /v1/analytics/summary`.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod domain;
 pub mod routes;
 pub mod storage;
 

@@ -1,8 +1,11 @@
 //! The projection's SQL.
 
 use serde::Serialize;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tiffin_events::order::OrderStatusChanged;
 use tiffin_runtime::db::Database;
+
+use crate::domain::{Distribution, EndingFigures, Funnel, OrderStatus, StatusCount, StatusFigures};
 
 /// Records a placed order.
 pub async fn record_placed(
@@ -66,6 +69,50 @@ pub async fn record_ready(
     Ok(())
 }
 
+/// Records that an order was delivered, with the courier's delivery time.
+pub async fn record_delivered(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+    delivered_at: i64,
+    delivery_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_facts (order_id, delivered_at, delivery_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (order_id) DO UPDATE SET delivered_at = excluded.delivered_at, delivery_ms = excluded.delivery_ms",
+    )
+    .bind(order_id)
+    .bind(delivered_at)
+    .bind(delivery_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records that an order reached `status`, unless an earlier event already reported
+/// that order and status.
+pub async fn record_status_change(
+    tx: &mut Transaction<'_, Any>,
+    change: &OrderStatusChanged,
+    status: OrderStatus,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO status_changes (order_id, status, stage, reason, restaurant_id, total_cents, \
+           currency, changed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (order_id, status) DO NOTHING",
+    )
+    .bind(&change.order_id)
+    .bind(status.as_str())
+    .bind(status.stage())
+    .bind(change.reason.as_deref())
+    .bind(&change.restaurant_id)
+    .bind(change.total_cents)
+    .bind(&change.currency)
+    .bind(change.changed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The figures at `GET /v1/analytics/summary`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -87,6 +134,22 @@ pub struct Summary {
     pub mean_preparation_ms: Option<f64>,
     /// The ten restaurants with the most orders, ties broken by id.
     pub top_restaurants: Vec<RestaurantFigure>,
+    /// How many orders reached each status, from `order.status_changed`.
+    pub funnel: Funnel,
+    /// Orders the kitchen rejected, per reason. Rates are of the funnel's placed
+    /// orders.
+    pub rejections: EndingFigures,
+    /// Orders the customer cancelled, per reason. Rates are of the funnel's placed
+    /// orders.
+    pub cancellations: EndingFigures,
+    /// Order attempts whose payment was declined, per reason. Rates are of all
+    /// attempts: the funnel's placed orders plus the declined ones.
+    pub payment_declines: EndingFigures,
+    /// Milliseconds from acceptance to ready, from `order.ready`.
+    pub preparation_ms: Distribution,
+    /// Milliseconds from the courier's assignment to the handover, from
+    /// `order.delivered`.
+    pub delivery_ms: Distribution,
 }
 
 /// One restaurant's figures.
@@ -153,6 +216,10 @@ pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
         });
     }
 
+    let status_figures = status_figures(pool).await?;
+    let preparation_ms = distribution(pool, "preparation_ms").await?;
+    let delivery_ms = distribution(pool, "delivery_ms").await?;
+
     let span_minutes = (last_at - first_at) as f64 / 60_000.0;
     let orders_per_minute = if span_minutes < 1.0 {
         orders as f64
@@ -169,13 +236,72 @@ pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
         mean_preparation_ms: (preparation_count > 0)
             .then(|| preparation_total as f64 / preparation_count as f64),
         top_restaurants,
+        funnel: status_figures.funnel,
+        rejections: status_figures.rejections,
+        cancellations: status_figures.cancellations,
+        payment_declines: status_figures.payment_declines,
+        preparation_ms,
+        delivery_ms,
     })
 }
 
-/// Deletes the projection and the inbox, before a rebuild.
+/// Reads the orders per furthest happy-path stage and per status and reason, and
+/// computes the figures drawn from `order.status_changed`.
+async fn status_figures(pool: &AnyPool) -> Result<StatusFigures, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT furthest, COUNT(*) AS orders FROM (SELECT order_id, MAX(stage) AS furthest \
+         FROM status_changes WHERE stage IS NOT NULL GROUP BY order_id) AS per_order \
+         GROUP BY furthest",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut furthest_stages = Vec::with_capacity(rows.len());
+    for row in rows {
+        furthest_stages.push((row.try_get("furthest")?, row.try_get("orders")?));
+    }
+
+    let rows = sqlx::query(
+        "SELECT status, reason, COUNT(*) AS orders FROM status_changes GROUP BY status, reason",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut counts = Vec::with_capacity(rows.len());
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        // The consumer stores parsed statuses only, so another value means that the
+        // table was written by something else.
+        let status = OrderStatus::parse(&status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown order status {status:?} in status_changes").into())
+        })?;
+        counts.push(StatusCount {
+            status,
+            reason: row.try_get("reason")?,
+            orders: row.try_get("orders")?,
+        });
+    }
+    Ok(StatusFigures::new(&furthest_stages, &counts))
+}
+
+/// Reads the non-null values of an `order_facts` column in ascending order and
+/// computes their distribution. `column` must be a column name, not input.
+async fn distribution(pool: &AnyPool, column: &'static str) -> Result<Distribution, sqlx::Error> {
+    let sql = format!(
+        "SELECT {column} AS value FROM order_facts WHERE {column} IS NOT NULL ORDER BY {column}"
+    );
+    let values: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?;
+    Ok(Distribution::from_sorted(&values))
+}
+
+/// Deletes the projection (order facts and status changes) and the inbox, before a
+/// rebuild.
 pub async fn reset(db: &Database) -> Result<(), sqlx::Error> {
     let mut tx = db.begin_write().await?;
     sqlx::query("DELETE FROM order_facts")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM status_changes")
         .execute(&mut *tx)
         .await?;
     sqlx::query("DELETE FROM inbox").execute(&mut *tx).await?;

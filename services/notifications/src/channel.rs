@@ -205,7 +205,7 @@ impl Channel for LogChannel {
         tracing::debug!(
             notification_id = %notification.notification_id,
             order_id = %notification.order_id,
-            event_type = %notification.event_type,
+            order_status = %notification.order_status,
             subject = %notification.subject,
             "notification logged"
         );

@@ -1,41 +1,37 @@
-//! The handler of `order.placed` and `order.ready`: records one notification per
-//! event and sends it.
+//! The handler of `order.status_changed`: records one notification per order and
+//! status and sends it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tiffin_bus::envelope::EventData;
 use tiffin_bus::{Envelope, Handler, HandlerError, inbox};
-use tiffin_events::order::{OrderPlaced, OrderReady};
+use tiffin_events::order::OrderStatusChanged;
 use tiffin_runtime::db::Database;
 use tiffin_runtime::time::now_millis;
 use tokio::sync::Notify;
 
 use crate::channel::Channel;
-use crate::domain::{self, Message, Notification, NotificationStatus};
+use crate::domain::{self, Notification, NotificationStatus, OrderStatus};
 use crate::sender::{self, SendPolicy};
 use crate::storage;
 
 /// The consumer group, which is also the inbox's consumer name.
 pub(crate) const CONSUMER: &str = "notifications";
 
-/// The event types this service notifies about.
-pub(crate) const EVENT_TYPES: [&str; 2] = [OrderPlaced::TYPE, OrderReady::TYPE];
+/// The event types this service notifies about. The order service publishes
+/// `order.status_changed` only for the changes it applies, so an event it ignored,
+/// such as a ready after a cancellation, never reaches the customer.
+pub(crate) const EVENT_TYPES: [&str; 1] = [OrderStatusChanged::TYPE];
 
-/// Records and sends the notification of an order event.
+/// Records and sends the notification of an order's status change.
 ///
 /// In one transaction it records the event in the inbox and inserts a pending
-/// notification. A redelivered event stops at the inbox, so each event has exactly
-/// one notification. After the commit it sends the notification once. A failed send
-/// leaves it pending for the sender loop and still succeeds, because the event
-/// itself has been handled.
-///
-/// `order.ready` carries no customer id, so its notification takes the one recorded
-/// with the order's `order.placed` notification. `order.ready` can be handled first,
-/// for instance when `order.placed` failed once and waits for its redelivery. Its
-/// customer id then stays empty until `order.placed` fills it in. The SMTP channel
-/// cannot address a notification without one, so its sends fail and are retried
-/// meanwhile, and it is marked failed if the retries run out first.
+/// notification. A redelivered event stops at the inbox, and a second event for the
+/// same order and status (another event id) stops at the unique
+/// `(order_id, order_status)` index, so each change has exactly one notification.
+/// After the commit it sends the notification once. A failed send leaves it pending
+/// for the sender loop and still succeeds, because the event itself has been handled.
 pub(crate) struct NotificationHandler {
     pub(crate) db: Database,
     pub(crate) channel: Arc<dyn Channel>,
@@ -55,45 +51,51 @@ impl std::fmt::Debug for NotificationHandler {
     }
 }
 
-/// Part of a notification that comes from its event.
-struct Draft {
-    order_id: String,
-    /// Known for `order.placed` only.
-    customer_id: Option<String>,
-    message: Message,
-}
-
-fn draft(event: &Envelope) -> Result<Draft, HandlerError> {
-    match event.event_type.as_str() {
-        OrderPlaced::TYPE => {
-            let order: OrderPlaced = event.decode().map_err(HandlerError::permanent)?;
-            Ok(Draft {
-                message: domain::placed_message(&order),
-                order_id: order.order_id,
-                customer_id: Some(order.customer_id),
-            })
-        }
-        OrderReady::TYPE => {
-            let order: OrderReady = event.decode().map_err(HandlerError::permanent)?;
-            Ok(Draft {
-                message: domain::ready_message(&order),
-                order_id: order.order_id,
-                customer_id: None,
-            })
-        }
-        other => Err(HandlerError::permanent(anyhow::anyhow!(
-            "event {} has type {other}, but notifications handles only {}",
+/// Decodes a status change. A wrong type, an undecodable payload or a status outside
+/// the contract's set is permanent, because redelivering the event cannot fix it.
+fn decode(event: &Envelope) -> Result<(OrderStatusChanged, OrderStatus), HandlerError> {
+    if event.event_type != OrderStatusChanged::TYPE {
+        return Err(HandlerError::permanent(anyhow::anyhow!(
+            "event {} has type {}, but notifications handles only {}",
             event.id,
+            event.event_type,
             EVENT_TYPES.join(" and ")
-        ))),
+        )));
     }
+    let change: OrderStatusChanged = event.decode().map_err(HandlerError::permanent)?;
+    let status = OrderStatus::parse(&change.status).ok_or_else(|| {
+        HandlerError::permanent(anyhow::anyhow!(
+            "event {} has an unknown order status {:?}: expected one of {}",
+            event.id,
+            change.status,
+            OrderStatus::ALL.map(OrderStatus::as_str).join(", ")
+        ))
+    })?;
+    Ok((change, status))
 }
 
 #[async_trait]
 impl Handler for NotificationHandler {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let draft = draft(event)?;
+        let (change, order_status) = decode(event)?;
+        let message = domain::status_message(&change, order_status);
         let created_at = now_millis();
+        let notification = Notification {
+            notification_id: uuid::Uuid::now_v7().to_string(),
+            event_id: event.id.clone(),
+            order_id: change.order_id,
+            customer_id: change.customer_id,
+            event_type: event.event_type.clone(),
+            order_status,
+            channel: self.channel_name.to_owned(),
+            subject: message.subject,
+            body: message.body,
+            status: NotificationStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at,
+            sent_at: None,
+        };
 
         let mut tx = self.db.begin_write().await?;
         if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
@@ -101,36 +103,15 @@ impl Handler for NotificationHandler {
             tracing::trace!("event already handled");
             return Ok(());
         }
-        let customer_id = match draft.customer_id {
-            Some(customer_id) => {
-                storage::fill_customer(&mut tx, &draft.order_id, &customer_id).await?;
-                customer_id
-            }
-            None => storage::placed_customer(&mut tx, &draft.order_id)
-                .await?
-                .unwrap_or_default(),
-        };
-        let notification = Notification {
-            notification_id: uuid::Uuid::now_v7().to_string(),
-            event_id: event.id.clone(),
-            order_id: draft.order_id,
-            customer_id,
-            event_type: event.event_type.clone(),
-            channel: self.channel_name.to_owned(),
-            subject: draft.message.subject,
-            body: draft.message.body,
-            status: NotificationStatus::Pending,
-            attempts: 0,
-            last_error: None,
-            created_at,
-            sent_at: None,
-        };
         // The lease keeps the sender loop off the notification while this send runs.
         let lease_until = created_at.saturating_add(sender::millis(self.policy.lease()));
         let inserted = storage::insert_notification(&mut tx, &notification, lease_until).await?;
         tx.commit().await?;
         if !inserted {
-            tracing::debug!("event already has a notification");
+            tracing::debug!(
+                order_status = %order_status,
+                "order already has a notification for this status"
+            );
             return Ok(());
         }
 

@@ -1,18 +1,22 @@
-//! The notifications service: notifies customers that their order was placed and
-//! that the food is ready.
+//! The notifications service: notifies customers of every status change of their
+//! order, from placement to delivery or an early ending.
 //!
-//! It consumes `order.placed` and `order.ready` from the work queue of consumer group
-//! `notifications`, records one notification per event and sends it through the
-//! configured [`channel`]: the log only, or mail over SMTP.
+//! It consumes `order.status_changed` from the work queue of consumer group
+//! `notifications`, records one notification per order and status and sends it
+//! through the configured [`channel`]: the log only, or mail over SMTP. The order
+//! service publishes that event only for the changes it applies, so customers follow
+//! the order's history as the order service decided it, not the other services' raw
+//! events.
 //!
-//! Delivery guarantees: the inbox and a unique `event_id` column keep exactly one
-//! notification per event in the database, however often the event arrives. Sending
-//! happens at least once, because a send that fails or is cut off by a crash is
-//! retried. So a mail server may receive a mail twice, for instance when the service
-//! stops after the server accepted the mail but before the service recorded it.
-//! Exactly-once delivery to an external mail server is impossible, so every mail of
-//! one notification carries the same `Message-ID`, derived from the event id, by
-//! which the receiver can drop duplicates.
+//! Delivery guarantees: the inbox, a unique `event_id` column and a unique
+//! `(order_id, order_status)` index keep exactly one notification per status change
+//! in the database, however often the change arrives and under however many event
+//! ids. Sending happens at least once, because a send that fails or is cut off by a
+//! crash is retried. So a mail server may receive a mail twice, for instance when the
+//! service stops after the server accepted the mail but before the service recorded
+//! it. Exactly-once delivery to an external mail server is impossible, so every mail
+//! of one notification carries the same `Message-ID`, derived from the id of the
+//! event that created it, by which the receiver can drop duplicates.
 //!
 //! # Layout
 //!
@@ -21,7 +25,8 @@
 //!   pending notifications with backoff until they are sent or marked failed.
 //! - [`channel`]: the [`channel::Channel`] trait with the log and SMTP channels.
 //! - `routes`: `GET /v1/notifications?order_id=...` and `GET /readyz`.
-//! - `storage`: every SQL statement; `domain`: notifications and their wording.
+//! - `storage`: every SQL statement; `domain`: notifications, order statuses and
+//!   their wording.
 //! - [`Service`] wires them and runs them until shutdown.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -48,7 +53,7 @@ use crate::channel::ChannelUrl;
 use crate::consumer::{CONSUMER, EVENT_TYPES, NotificationHandler};
 use crate::sender::SenderLoop;
 
-pub use crate::domain::{Notification, NotificationStatus};
+pub use crate::domain::{Notification, NotificationStatus, OrderStatus};
 pub use crate::sender::SendPolicy;
 pub use crate::storage::NotificationCounts;
 
@@ -253,8 +258,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Counts notifications in total, per event type and per status, and the events
-    /// with more than one notification.
+    /// Counts notifications in total, per event type, per delivery status and per
+    /// order status, and the events and orders with more than one notification for
+    /// one status change.
     ///
     /// # Errors
     ///

@@ -7,10 +7,10 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
-use crate::domain::{Notification, NotificationStatus};
+use crate::domain::{Notification, NotificationStatus, OrderStatus};
 
-const COLUMNS: &str = "notification_id, event_id, order_id, customer_id, event_type, channel, \
-     subject, body, status, attempts, last_error, created_at, sent_at";
+const COLUMNS: &str = "notification_id, event_id, order_id, customer_id, event_type, order_status, \
+     channel, subject, body, status, attempts, last_error, created_at, sent_at";
 
 /// Notification counts for reports and consistency checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -22,9 +22,16 @@ pub struct NotificationCounts {
     pub events_with_several_notifications: i64,
     /// Notifications per event type. Types without notifications are absent.
     pub by_event_type: BTreeMap<String, i64>,
-    /// Notifications per status (`pending`, `sent`, `failed`). Statuses without
-    /// notifications are absent.
+    /// Notifications per delivery status (`pending`, `sent`, `failed`). Statuses
+    /// without notifications are absent.
     pub by_status: BTreeMap<String, i64>,
+    /// Notifications per order status they report (`placed`, `accepted`, ...,
+    /// `payment_declined`). Statuses without notifications are absent.
+    pub by_status_change: BTreeMap<String, i64>,
+    /// Orders that have more than one notification for one status. The unique
+    /// `(order_id, order_status)` index keeps this at 0, so a report that shows
+    /// anything else has found a bug.
+    pub orders_with_duplicate_status: i64,
 }
 
 /// The outcome of a failed send as stored.
@@ -34,24 +41,29 @@ pub(crate) struct FailureRecorded {
     pub(crate) attempts: i64,
 }
 
-/// Inserts `notification` unless its event already has one, and returns whether it
-/// did. The sender loop leaves it alone until `next_attempt_at`.
+/// Inserts `notification` unless its event or its order and status already have one,
+/// and returns whether it did. The sender loop leaves it alone until
+/// `next_attempt_at`.
 pub(crate) async fn insert_notification(
     tx: &mut Transaction<'_, Any>,
     notification: &Notification,
     next_attempt_at: i64,
 ) -> Result<bool, sqlx::Error> {
+    // No conflict target, so that both unique keys, `event_id` and
+    // `(order_id, order_status)`, turn a repeat into a no-op.
     let inserted = sqlx::query(
         "INSERT INTO notifications (notification_id, event_id, order_id, customer_id, event_type, \
-         channel, subject, body, status, attempts, last_error, next_attempt_at, created_at, sent_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT (event_id) DO NOTHING",
+         order_status, channel, subject, body, status, attempts, last_error, next_attempt_at, \
+         created_at, sent_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&notification.notification_id)
     .bind(&notification.event_id)
     .bind(&notification.order_id)
     .bind(&notification.customer_id)
     .bind(&notification.event_type)
+    .bind(notification.order_status.as_str())
     .bind(&notification.channel)
     .bind(&notification.subject)
     .bind(&notification.body)
@@ -65,38 +77,6 @@ pub(crate) async fn insert_notification(
     .await?
     .rows_affected();
     Ok(inserted == 1)
-}
-
-/// Returns the customer of `order_id` as recorded with its `order.placed`
-/// notification, if that event has been handled.
-pub(crate) async fn placed_customer(
-    tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT customer_id FROM notifications \
-         WHERE order_id = $1 AND event_type = 'order.placed' LIMIT 1",
-    )
-    .bind(order_id)
-    .fetch_optional(&mut **tx)
-    .await
-}
-
-/// Sets the customer of the order's notifications that were written without one,
-/// because their event was handled before the order's `order.placed`.
-pub(crate) async fn fill_customer(
-    tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-    customer_id: &str,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE notifications SET customer_id = $2 WHERE order_id = $1 AND customer_id = ''",
-    )
-    .bind(order_id)
-    .bind(customer_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected())
 }
 
 /// Lists the notifications of `order_id`, oldest first.
@@ -139,9 +119,13 @@ pub(crate) async fn due_notifications(
 fn notification_from_row(row: &AnyRow) -> anyhow::Result<Notification> {
     let notification_id: String = row.try_get("notification_id")?;
     let status: String = row.try_get("status")?;
+    let order_status: String = row.try_get("order_status")?;
     Ok(Notification {
         status: NotificationStatus::parse(&status).with_context(|| {
             format!("notification {notification_id} has an unknown status {status:?}")
+        })?,
+        order_status: OrderStatus::parse(&order_status).with_context(|| {
+            format!("notification {notification_id} has an unknown order status {order_status:?}")
         })?,
         event_id: row.try_get("event_id")?,
         order_id: row.try_get("order_id")?,
@@ -243,11 +227,12 @@ pub(crate) async fn record_failure(
     }))
 }
 
-/// Counts notifications in total, per event type, per status and per event.
+/// Counts notifications in total, per event type, per delivery status and per order
+/// status, and the events and orders that have more than one for one change.
 pub(crate) async fn notification_counts(pool: &AnyPool) -> anyhow::Result<NotificationCounts> {
     let rows = sqlx::query(
-        "SELECT event_type, status, COUNT(*) AS notifications FROM notifications \
-         GROUP BY event_type, status",
+        "SELECT event_type, status, order_status, COUNT(*) AS notifications FROM notifications \
+         GROUP BY event_type, status, order_status",
     )
     .fetch_all(pool)
     .await
@@ -256,10 +241,12 @@ pub(crate) async fn notification_counts(pool: &AnyPool) -> anyhow::Result<Notifi
     for row in rows {
         let event_type: String = row.try_get("event_type")?;
         let status: String = row.try_get("status")?;
+        let order_status: String = row.try_get("order_status")?;
         let notifications: i64 = row.try_get("notifications")?;
         counts.notifications += notifications;
         *counts.by_event_type.entry(event_type).or_default() += notifications;
         *counts.by_status.entry(status).or_default() += notifications;
+        *counts.by_status_change.entry(order_status).or_default() += notifications;
     }
 
     counts.events_with_several_notifications = sqlx::query_scalar(
@@ -269,6 +256,14 @@ pub(crate) async fn notification_counts(pool: &AnyPool) -> anyhow::Result<Notifi
     .fetch_one(pool)
     .await
     .context("failed to count events with several notifications")?;
+
+    counts.orders_with_duplicate_status = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT order_id) FROM (SELECT order_id FROM notifications \
+         GROUP BY order_id, order_status HAVING COUNT(*) > 1) AS repeated",
+    )
+    .fetch_one(pool)
+    .await
+    .context("failed to count orders with duplicate status notifications")?;
     Ok(counts)
 }
 

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use tiffin_bus::api::Bus;
 use tiffin_bus::embedded::EmbeddedBus;
 use tiffin_bus::{Envelope, Handler, Publisher};
-use tiffin_events::order::{OrderLine, OrderPlaced, OrderReady};
+use tiffin_events::order::{OrderLine, OrderPlaced, OrderStatusChanged};
 use tiffin_notifications::{SendPolicy, Service, Settings, Stats};
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
@@ -134,6 +134,25 @@ fn all_sent(count: usize) -> impl Fn(&[Value]) -> bool {
     }
 }
 
+fn status_changed(order_id: &str, status: &str, reason: Option<&str>) -> Envelope {
+    let change = OrderStatusChanged {
+        order_id: order_id.to_owned(),
+        customer_id: "customer-1".to_owned(),
+        restaurant_id: "restaurant-1".to_owned(),
+        status: status.to_owned(),
+        reason: reason.map(str::to_owned),
+        total_cents: 2340,
+        currency: "EUR".to_owned(),
+        changed_at: 1_700_000_000_000,
+    };
+    Envelope::new("/tiffin/orders", &change, None)
+}
+
+fn placed(order_id: &str) -> Envelope {
+    status_changed(order_id, "placed", None)
+}
+
+/// Builds an `order.placed` event, which the service no longer consumes.
 fn order_placed(order_id: &str) -> Envelope {
     let order = OrderPlaced {
         order_id: order_id.to_owned(),
@@ -155,16 +174,11 @@ fn order_placed(order_id: &str) -> Envelope {
     Envelope::new("/tiffin/orders", &order, None)
 }
 
-fn order_ready(order_id: &str) -> Envelope {
-    let ready = OrderReady {
-        order_id: order_id.to_owned(),
-        restaurant_id: "restaurant-1".to_owned(),
-        ticket_id: "ticket-1".to_owned(),
-        ready_at: 1_700_000_600_000,
-        preparation_ms: 600_000,
-        replay_delivery_minutes: None,
-    };
-    Envelope::new("/tiffin/kitchen", &ready, None)
+fn order_statuses(notifications: &[Value]) -> Vec<&str> {
+    notifications
+        .iter()
+        .map(|notification| notification["order_status"].as_str().expect("order_status"))
+        .collect()
 }
 
 fn smtp_channel(addr: SocketAddr) -> String {
@@ -277,24 +291,43 @@ async fn closed_addr() -> SocketAddr {
 // === tests ===
 
 #[tokio::test]
-async fn placed_and_ready_are_sent() {
+async fn every_status_is_notified() {
     let fixture = Fixture::new().await;
     let service = fixture.start(fixture.settings("log:")).await;
+    let histories = [
+        (
+            "order-1",
+            vec!["placed", "accepted", "ready", "picked_up", "delivered"],
+        ),
+        ("order-2", vec!["placed", "rejected"]),
+        ("order-3", vec!["placed", "accepted", "cancelled"]),
+        ("order-4", vec!["payment_declined"]),
+    ];
 
-    fixture.publish(&order_placed("order-1")).await;
-    fixture.publish(&order_ready("order-1")).await;
-    let notifications = service.wait_for("order-1", all_sent(2)).await;
+    for (order_id, statuses) in &histories {
+        for status in statuses {
+            fixture
+                .publish(&status_changed(order_id, status, None))
+                .await;
+        }
+    }
 
-    let mut types: Vec<&str> = notifications
-        .iter()
-        .map(|notification| notification["event_type"].as_str().expect("event_type"))
-        .collect();
-    types.sort_unstable();
-    assert_eq!(types, ["order.placed", "order.ready"]);
-    for notification in &notifications {
-        assert_eq!(notification["customer_id"], "customer-1", "{notification}");
-        assert_eq!(notification["channel"], "log", "{notification}");
-        assert!(notification["sent_at"].is_i64(), "{notification}");
+    for (order_id, statuses) in &histories {
+        let notifications = service.wait_for(order_id, all_sent(statuses.len())).await;
+        let mut notified = order_statuses(&notifications);
+        notified.sort_unstable();
+        let mut expected = statuses.clone();
+        expected.sort_unstable();
+        assert_eq!(notified, expected, "{order_id}");
+        for notification in &notifications {
+            assert_eq!(notification["customer_id"], "customer-1", "{notification}");
+            assert_eq!(
+                notification["event_type"], "order.status_changed",
+                "{notification}"
+            );
+            assert_eq!(notification["channel"], "log", "{notification}");
+            assert!(notification["sent_at"].is_i64(), "{notification}");
+        }
     }
     service.stop().await;
 }
@@ -304,7 +337,7 @@ async fn placed_body_shows_total() {
     let fixture = Fixture::new().await;
     let service = fixture.start(fixture.settings("log:")).await;
 
-    fixture.publish(&order_placed("order-1")).await;
+    fixture.publish(&placed("order-1")).await;
     let notifications = service.wait_for("order-1", all_sent(1)).await;
 
     assert_eq!(
@@ -315,26 +348,42 @@ async fn placed_body_shows_total() {
 }
 
 #[tokio::test]
-async fn ready_before_placed_gets_customer() {
+async fn rejected_body_names_reason() {
     let fixture = Fixture::new().await;
     let service = fixture.start(fixture.settings("log:")).await;
 
-    service
-        .handler
-        .handle(&order_ready("order-1"))
-        .await
-        .expect("ready handled");
-    service
-        .handler
-        .handle(&order_placed("order-1"))
-        .await
-        .expect("placed handled");
-    let notifications = service.list("order-1").await;
+    fixture
+        .publish(&status_changed("order-1", "rejected", Some("sold_out")))
+        .await;
+    let notifications = service.wait_for("order-1", all_sent(1)).await;
 
-    assert_eq!(notifications.len(), 2);
-    for notification in &notifications {
-        assert_eq!(notification["customer_id"], "customer-1", "{notification}");
-    }
+    assert_eq!(notifications[0]["subject"], "Order order-1 rejected");
+    assert_eq!(
+        notifications[0]["body"],
+        "Your order order-1 was rejected: an item is sold out. Your payment was released."
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn payment_declined_body_names_reason() {
+    let fixture = Fixture::new().await;
+    let service = fixture.start(fixture.settings("log:")).await;
+
+    fixture
+        .publish(&status_changed(
+            "order-1",
+            "payment_declined",
+            Some("insufficient_funds"),
+        ))
+        .await;
+    let notifications = service.wait_for("order-1", all_sent(1)).await;
+
+    assert_eq!(
+        notifications[0]["body"],
+        "Your payment of 23.40 EUR for order order-1 was declined: insufficient funds. \
+         The order was not placed and nothing was charged."
+    );
     service.stop().await;
 }
 
@@ -342,7 +391,7 @@ async fn ready_before_placed_gets_customer() {
 async fn same_envelope_twice_one_notification() {
     let fixture = Fixture::new().await;
     let service = fixture.start(fixture.settings("log:")).await;
-    let placed = order_placed("order-1");
+    let placed = placed("order-1");
 
     service
         .handler
@@ -364,20 +413,91 @@ async fn same_envelope_twice_one_notification() {
 }
 
 #[tokio::test]
-async fn counts_group_by_type_and_status() {
+async fn same_status_twice_one_notification() {
     let fixture = Fixture::new().await;
     let service = fixture.start(fixture.settings("log:")).await;
-    fixture.publish(&order_placed("order-1")).await;
-    fixture.publish(&order_ready("order-1")).await;
-    service.wait_for("order-1", all_sent(2)).await;
+    let first = status_changed("order-1", "delivered", None);
+    let second = status_changed("order-1", "delivered", None);
+
+    service
+        .handler
+        .handle(&first)
+        .await
+        .expect("first event succeeds");
+    service
+        .handler
+        .handle(&second)
+        .await
+        .expect("second event succeeds");
+
+    assert_ne!(first.id, second.id);
+    let notifications = service.list("order-1").await;
+    assert_eq!(notifications.len(), 1);
+    assert_eq!(notifications[0]["event_id"], first.id.as_str());
+    let counts = service.stats.notification_counts().await.expect("counts");
+    assert_eq!(counts.notifications, 1);
+    assert_eq!(counts.orders_with_duplicate_status, 0);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn counts_group_by_status_change() {
+    let fixture = Fixture::new().await;
+    let service = fixture.start(fixture.settings("log:")).await;
+    for status in ["placed", "accepted", "cancelled"] {
+        fixture
+            .publish(&status_changed("order-1", status, None))
+            .await;
+    }
+    fixture.publish(&placed("order-2")).await;
+    fixture.publish(&placed("order-2")).await;
+    service.wait_for("order-1", all_sent(3)).await;
+    service.wait_for("order-2", all_sent(1)).await;
 
     let counts = service.stats.notification_counts().await.expect("counts");
 
-    assert_eq!(counts.notifications, 2);
+    assert_eq!(counts.notifications, 4);
     assert_eq!(counts.events_with_several_notifications, 0);
-    assert_eq!(counts.by_event_type.get("order.placed"), Some(&1));
-    assert_eq!(counts.by_event_type.get("order.ready"), Some(&1));
-    assert_eq!(counts.by_status.get("sent"), Some(&2));
+    assert_eq!(counts.orders_with_duplicate_status, 0);
+    assert_eq!(counts.by_status_change.get("placed"), Some(&2));
+    assert_eq!(counts.by_status_change.get("accepted"), Some(&1));
+    assert_eq!(counts.by_status_change.get("cancelled"), Some(&1));
+    assert_eq!(counts.by_status_change.len(), 3);
+    assert_eq!(counts.by_event_type.get("order.status_changed"), Some(&4));
+    assert_eq!(counts.by_status.get("sent"), Some(&4));
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_status_is_permanent() {
+    let fixture = Fixture::new().await;
+    let service = fixture.start(fixture.settings("log:")).await;
+
+    let error = service
+        .handler
+        .handle(&status_changed("order-1", "lost", None))
+        .await
+        .expect_err("the status is outside the contract");
+
+    assert!(error.is_permanent());
+    assert!(error.to_string().contains("\"lost\""), "{error}");
+    assert!(service.list("order-1").await.is_empty());
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn order_placed_is_permanent() {
+    let fixture = Fixture::new().await;
+    let service = fixture.start(fixture.settings("log:")).await;
+
+    let error = service
+        .handler
+        .handle(&order_placed("order-1"))
+        .await
+        .expect_err("order.placed is not consumed");
+
+    assert!(error.is_permanent());
+    assert!(service.list("order-1").await.is_empty());
     service.stop().await;
 }
 
@@ -388,7 +508,7 @@ async fn smtp_server_gets_one_mail() {
     let channel = smtp_channel(listener.local_addr().expect("local address"));
     let smtp = FakeSmtp::start(listener);
     let service = fixture.start(fixture.settings(&channel)).await;
-    let placed = order_placed("order-1");
+    let placed = placed("order-1");
 
     fixture.publish(&placed).await;
     service.wait_for("order-1", all_sent(1)).await;
@@ -414,7 +534,7 @@ async fn stopped_smtp_server_delays_send() {
         timeout: Duration::from_secs(2),
     };
     let service = fixture.start(settings).await;
-    fixture.publish(&order_placed("order-1")).await;
+    fixture.publish(&placed("order-1")).await;
     let failed_once = service
         .wait_for("order-1", |notifications| {
             notifications
@@ -449,7 +569,7 @@ async fn send_gives_up_after_max_attempts() {
     };
     let service = fixture.start(settings).await;
 
-    fixture.publish(&order_placed("order-1")).await;
+    fixture.publish(&placed("order-1")).await;
     let notifications = service
         .wait_for("order-1", |notifications| {
             notifications
