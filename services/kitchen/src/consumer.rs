@@ -1,35 +1,46 @@
-//! The `order.placed` handler: opens a ticket and announces `order.accepted`.
+//! The order handler: decides each `order.placed`, opening a ticket and announcing
+//! `order.accepted` or `order.rejected`, and applies `order.cancelled`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tiffin_bus::{Envelope, Handler, HandlerError, inbox, outbox};
-use tiffin_events::order::{OrderAccepted, OrderPlaced};
+use tiffin_events::order::{OrderAccepted, OrderCancelled, OrderPlaced, OrderRejected};
+use tiffin_hours::LocalTime;
 use tiffin_runtime::db::Database;
 use tiffin_runtime::time::now_millis;
 use tokio::sync::Notify;
 
-use crate::domain::{self, Ticket, TicketStatus, TimeScale};
+use crate::domain::decision::{self, Circumstances, Decision, Limits};
+use crate::domain::{self, Ticket, TicketStatus, TimeScale, stock};
 use crate::storage;
 
 /// The consumer group, which is also the inbox's consumer name.
 pub(crate) const CONSUMER: &str = "kitchen";
 
+/// The event types that the kitchen's work queue binds.
+pub(crate) const ORDER_EVENTS: [&str; 2] = ["order.placed", "order.cancelled"];
+
 /// The CloudEvents `source` of the kitchen's events.
 pub(crate) const SOURCE: &str = "/tiffin/kitchen";
 
-/// Opens one ticket per placed order.
+/// Decides placed orders and applies cancellations, one ticket per order.
 ///
-/// In one transaction it records the event in the inbox, inserts the ticket and
-/// writes `order.accepted` to the outbox. A redelivered event stops at the inbox. A
-/// second event for an order that already has a ticket (another event id) is recorded
-/// in the inbox but changes nothing else, so it announces nothing.
+/// Each event is handled in one transaction that records it in the inbox, changes the
+/// ticket and stock, and writes any event it causes to the outbox. A redelivered
+/// event stops at the inbox. Whichever of `order.placed` and `order.cancelled` comes
+/// first creates the order's ticket, so a second `order.placed` for the same order
+/// (another event id) decides nothing and announces nothing.
 #[derive(Debug)]
-pub(crate) struct OrderPlacedHandler {
+pub(crate) struct OrderHandler {
     pub(crate) db: Database,
     pub(crate) time_scale: TimeScale,
     pub(crate) default_preparation: Duration,
+    pub(crate) limits: Limits,
+    /// The restaurants' offset from UTC, for orders without a replayed local time.
+    pub(crate) utc_offset_minutes: i32,
     /// Wakes the outbox relay after a commit.
     pub(crate) relay: Arc<Notify>,
     /// Wakes the ticket timer, which may be asleep until a later ticket.
@@ -37,23 +48,30 @@ pub(crate) struct OrderPlacedHandler {
 }
 
 #[async_trait]
-impl Handler for OrderPlacedHandler {
+impl Handler for OrderHandler {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        match event.event_type.as_str() {
+            "order.placed" => self.place(event).await,
+            "order.cancelled" => self.cancel(event).await,
+            other => Err(HandlerError::permanent(anyhow::anyhow!(
+                "the kitchen does not handle event type {other}"
+            ))),
+        }
+    }
+}
+
+impl OrderHandler {
+    /// Decides a placed order and stores the decision as its ticket.
+    async fn place(&self, event: &Envelope) -> Result<(), HandlerError> {
         let order: OrderPlaced = event.decode().map_err(HandlerError::permanent)?;
-        let trace = event.trace_context();
-        let accepted_at = now_millis();
-        let preparation =
-            domain::preparation_time(order.replay_delivery_minutes, self.default_preparation);
-        let ticket = Ticket {
-            ticket_id: uuid::Uuid::now_v7().to_string(),
-            order_id: order.order_id.clone(),
-            restaurant_id: order.restaurant_id.clone(),
-            status: TicketStatus::Accepted,
-            lines: order.lines,
-            accepted_at,
-            ready_by: domain::ready_by(accepted_at, preparation, self.time_scale),
-            ready_at: None,
+        let now = now_millis();
+        // NOTE: the offset is fixed, so orders placed during daylight saving time are
+        // judged an hour off unless the offset is changed with the season.
+        let local_time = match &order.replay_local_time {
+            Some(value) => LocalTime::parse(value).map_err(HandlerError::permanent)?,
+            None => LocalTime::from_unix_millis(now, self.utc_offset_minutes),
         };
+        let trace = event.trace_context();
 
         let mut tx = self.db.begin_write().await?;
         if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
@@ -61,33 +79,203 @@ impl Handler for OrderPlacedHandler {
             tracing::trace!("event already handled");
             return Ok(());
         }
-        if !storage::insert_ticket(&mut tx, &ticket, Some(&trace.to_string())).await? {
+        let existing = storage::find_ticket_in(&mut tx, &order.order_id)
+            .await
+            .map_err(HandlerError::transient)?;
+        if let Some(existing) = existing {
             tx.commit().await?;
-            tracing::debug!(order_id = %ticket.order_id, "order already has a ticket; event ignored");
+            tracing::debug!(
+                order_id = %order.order_id,
+                status = %existing.ticket.status,
+                "order already has a ticket; event ignored"
+            );
             return Ok(());
         }
-        let accepted = OrderAccepted {
-            order_id: ticket.order_id.clone(),
-            restaurant_id: ticket.restaurant_id.clone(),
-            ticket_id: ticket.ticket_id.clone(),
-            accepted_at,
-            ready_by: ticket.ready_by,
-        };
-        outbox::enqueue(
+
+        let restaurant = storage::find_restaurant(&mut tx, &order.restaurant_id).await?;
+        let hours = domain::opening_hours(restaurant.as_ref());
+        let ordered = stock::ordered_quantities(&order.lines);
+        let levels = storage::stock_levels(
             &mut tx,
-            &Envelope::new(SOURCE, &accepted, Some(trace.child())),
+            &order.restaurant_id,
+            ordered.keys().map(String::as_str),
         )
         .await?;
+        let shortages = stock::shortages(&order.lines, &levels);
+        // NOTE: on PostgreSQL two orders of one restaurant decided at the same time
+        // both see the same count, so capacity can be exceeded by the number of
+        // concurrent handlers. SQLite's write lock decides them one at a time.
+        let open_tickets = storage::count_open_tickets(&mut tx, &order.restaurant_id).await?;
+        let decision = decision::decide(
+            &Circumstances {
+                restaurant_id: &order.restaurant_id,
+                local_time,
+                hours: &hours,
+                shortages: &shortages,
+                open_tickets,
+                draw: fastrand::f64(),
+            },
+            self.limits,
+        );
+
+        let mut ticket = Ticket {
+            ticket_id: uuid::Uuid::now_v7().to_string(),
+            order_id: order.order_id.clone(),
+            restaurant_id: order.restaurant_id.clone(),
+            status: TicketStatus::Rejected,
+            reject_reason: None,
+            reject_detail: None,
+            lines: order.lines.clone(),
+            replay_delivery_minutes: order.replay_delivery_minutes,
+            created_at: now,
+            accepted_at: None,
+            ready_by: None,
+            ready_at: None,
+            cancelled_at: None,
+        };
+        let mut stock_taken = BTreeMap::new();
+        let announcement = match decision {
+            Decision::Accept => {
+                for (menu_item_id, &quantity) in &ordered {
+                    if storage::take_stock(&mut tx, &order.restaurant_id, menu_item_id, quantity)
+                        .await?
+                    {
+                        stock_taken.insert(menu_item_id.clone(), quantity);
+                    }
+                }
+                let preparation = domain::preparation_time(
+                    order.replay_delivery_minutes,
+                    self.default_preparation,
+                );
+                let ready_by = domain::ready_by(now, preparation, self.time_scale);
+                ticket.status = TicketStatus::Accepted;
+                ticket.accepted_at = Some(now);
+                ticket.ready_by = Some(ready_by);
+                let accepted = OrderAccepted {
+                    order_id: order.order_id.clone(),
+                    restaurant_id: order.restaurant_id.clone(),
+                    ticket_id: ticket.ticket_id.clone(),
+                    accepted_at: now,
+                    ready_by,
+                };
+                Envelope::new(SOURCE, &accepted, Some(trace.child()))
+            }
+            Decision::Reject { reason, detail } => {
+                ticket.reject_reason = Some(reason);
+                ticket.reject_detail = Some(detail.clone());
+                let rejected = OrderRejected {
+                    order_id: order.order_id.clone(),
+                    restaurant_id: order.restaurant_id.clone(),
+                    reason,
+                    detail,
+                    rejected_at: now,
+                };
+                Envelope::new(SOURCE, &rejected, Some(trace.child()))
+            }
+        };
+
+        let traceparent = trace.to_string();
+        if !storage::insert_ticket(&mut tx, &ticket, Some(&traceparent), &stock_taken).await? {
+            // The ticket was absent when read above, so another transaction inserted
+            // it since. The retry finds it and decides nothing.
+            tx.rollback().await?;
+            return Err(HandlerError::transient(anyhow::anyhow!(
+                "order {} got a ticket from a concurrent handler",
+                order.order_id
+            )));
+        }
+        outbox::enqueue(&mut tx, &announcement).await?;
         tx.commit().await?;
 
         self.relay.notify_one();
-        self.timer.notify_one();
+        if ticket.status == TicketStatus::Accepted {
+            self.timer.notify_one();
+        }
         tracing::trace!(
             order_id = %ticket.order_id,
             ticket_id = %ticket.ticket_id,
-            preparation_ms = ticket.ready_by - accepted_at,
-            "ticket accepted"
+            status = %ticket.status,
+            reason = ticket.reject_reason.map(|reason| reason.as_str()),
+            %local_time,
+            "order decided"
         );
+        Ok(())
+    }
+
+    /// Cancels the order's ticket while it is accepted, or records the cancellation
+    /// when the order has not arrived yet.
+    async fn cancel(&self, event: &Envelope) -> Result<(), HandlerError> {
+        let cancelled: OrderCancelled = event.decode().map_err(HandlerError::permanent)?;
+        let order_id = cancelled.order_id.as_str();
+        let now = now_millis();
+
+        let mut tx = self.db.begin_write().await?;
+        if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
+            tx.rollback().await?;
+            tracing::trace!("event already handled");
+            return Ok(());
+        }
+        let existing = storage::find_ticket_in(&mut tx, order_id)
+            .await
+            .map_err(HandlerError::transient)?;
+        match existing {
+            None => {
+                let ticket = Ticket {
+                    ticket_id: uuid::Uuid::now_v7().to_string(),
+                    order_id: cancelled.order_id.clone(),
+                    restaurant_id: cancelled.restaurant_id.clone(),
+                    status: TicketStatus::Cancelled,
+                    reject_reason: None,
+                    reject_detail: None,
+                    lines: Vec::new(),
+                    replay_delivery_minutes: None,
+                    created_at: now,
+                    accepted_at: None,
+                    ready_by: None,
+                    ready_at: None,
+                    cancelled_at: Some(now),
+                };
+                let traceparent = event.trace_context().to_string();
+                if !storage::insert_ticket(&mut tx, &ticket, Some(&traceparent), &BTreeMap::new())
+                    .await?
+                {
+                    tx.rollback().await?;
+                    return Err(HandlerError::transient(anyhow::anyhow!(
+                        "order {order_id} got a ticket from a concurrent handler"
+                    )));
+                }
+                tracing::debug!(
+                    order_id,
+                    "order cancelled before it arrived; its order.placed will be ignored"
+                );
+            }
+            Some(locked) if locked.ticket.status == TicketStatus::Accepted => {
+                if storage::cancel_ticket(&mut tx, &locked.ticket.ticket_id, now).await? {
+                    for (menu_item_id, &quantity) in &locked.stock_taken {
+                        storage::return_stock(
+                            &mut tx,
+                            &locked.ticket.restaurant_id,
+                            menu_item_id,
+                            quantity,
+                        )
+                        .await?;
+                    }
+                }
+                tracing::debug!(order_id, ticket_id = %locked.ticket.ticket_id, "ticket cancelled");
+            }
+            Some(locked) if locked.ticket.status == TicketStatus::Cancelled => {
+                tracing::debug!(order_id, "ticket already cancelled; event ignored");
+            }
+            Some(locked) => {
+                tracing::info!(
+                    order_id,
+                    ticket_id = %locked.ticket.ticket_id,
+                    status = %locked.ticket.status,
+                    "cancellation ignored: the kitchen only cancels tickets it is still preparing"
+                );
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -1,17 +1,24 @@
-//! Kitchen rules: ticket states, preparation times and simulated time.
+//! Kitchen rules: ticket states, preparation times, simulated time and the settings
+//! that bound decisions. The decision itself is in `decision`, and stock rules in
+//! `stock`.
+
+pub(crate) mod decision;
+pub(crate) mod stock;
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
-use tiffin_events::order::{OrderLine, split_replay_minutes};
+use tiffin_events::order::{OrderLine, RejectReason, split_replay_minutes};
+use tiffin_hours::OpeningHours;
+use tiffin_runtime::token::Role;
 
 /// State of a kitchen ticket.
 ///
 /// A ticket starts `Accepted` and moves to `Ready` once its preparation time has
-/// passed. `Rejected` and `Cancelled` are terminal states reserved for rejecting and
-/// cancelling orders. Nothing produces them yet, but storage and the API already
-/// accept them.
+/// passed, or to `Cancelled` when the customer cancels first. `Rejected` is where an
+/// order that the kitchen refused starts and stays. A cancellation that arrives
+/// before its order creates a ticket that starts `Cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum TicketStatus {
@@ -50,19 +57,32 @@ impl fmt::Display for TicketStatus {
     }
 }
 
-/// A kitchen ticket: the work of preparing one order. Times are Unix milliseconds.
+/// A kitchen ticket: the kitchen's decision on one order and, once accepted, the
+/// work of preparing it. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Ticket {
     pub(crate) ticket_id: String,
     pub(crate) order_id: String,
     pub(crate) restaurant_id: String,
     pub(crate) status: TicketStatus,
+    /// The reason the kitchen rejected the order, for a rejected ticket.
+    pub(crate) reject_reason: Option<RejectReason>,
+    /// Details of the rejection for people, such as the sold-out item.
+    pub(crate) reject_detail: Option<String>,
+    /// The order's lines, empty for a ticket created by an early cancellation.
     pub(crate) lines: Vec<OrderLine>,
-    pub(crate) accepted_at: i64,
-    /// When the food is planned to be ready.
-    pub(crate) ready_by: i64,
+    /// The replayed order's order-to-door minutes, copied into `order.ready`.
+    pub(crate) replay_delivery_minutes: Option<u32>,
+    /// When the kitchen decided the order or recorded its cancellation.
+    pub(crate) created_at: i64,
+    /// When the kitchen accepted the order, or `None` when it never did.
+    pub(crate) accepted_at: Option<i64>,
+    /// When the food is planned to be ready, for an accepted order.
+    pub(crate) ready_by: Option<i64>,
     /// When the food was ready, or `None` until then.
     pub(crate) ready_at: Option<i64>,
+    /// When the cancellation arrived, for a cancelled ticket.
+    pub(crate) cancelled_at: Option<i64>,
 }
 
 /// How many times faster than real time simulated durations run.
@@ -92,6 +112,90 @@ impl TimeScale {
     pub(crate) fn wall_clock(self, simulated: Duration) -> Duration {
         Duration::try_from_secs_f64(simulated.as_secs_f64() / self.0).unwrap_or(Duration::MAX)
     }
+}
+
+/// The share of placed orders that the kitchen declines at random, from 0.0 to 1.0,
+/// to simulate kitchens that turn orders down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RejectRate(f64);
+
+/// A reject rate outside 0.0..=1.0.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error(
+    "invalid reject_rate {0}: it must be a number from 0.0 (decline nothing) to 1.0 \
+     (decline every order that passes the other checks)"
+)]
+pub(crate) struct InvalidRejectRate(f64);
+
+impl RejectRate {
+    /// Validates `rate`.
+    pub(crate) fn new(rate: f64) -> Result<Self, InvalidRejectRate> {
+        if (0.0..=1.0).contains(&rate) {
+            Ok(Self(rate))
+        } else {
+            Err(InvalidRejectRate(rate))
+        }
+    }
+
+    /// Returns true when `draw`, uniform in `[0, 1)`, falls in the declined share.
+    pub(crate) fn declines(self, draw: f64) -> bool {
+        draw < self.0
+    }
+}
+
+/// The range of real UTC offsets, from UTC-12:00 to UTC+14:00, in minutes.
+const UTC_OFFSETS: std::ops::RangeInclusive<i32> = -12 * 60..=14 * 60;
+
+/// Validates a UTC offset in minutes east of Greenwich.
+pub(crate) fn validate_utc_offset(minutes: i32) -> anyhow::Result<i32> {
+    if UTC_OFFSETS.contains(&minutes) {
+        Ok(minutes)
+    } else {
+        anyhow::bail!(
+            "invalid utc_offset_minutes {minutes}: it must be from -720 (UTC-12:00) to 840 \
+             (UTC+14:00), such as 120 for Helsinki in winter"
+        )
+    }
+}
+
+/// A restaurant as the replica stores it: what its opening hours depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KnownRestaurant {
+    /// OpenStreetMap's `amenity`: `restaurant`, `fast_food` or `cafe`.
+    pub(crate) amenity: String,
+    /// The raw `opening_hours` value, or `None` when the catalog has none.
+    pub(crate) opening_hours: Option<String>,
+}
+
+/// Returns a restaurant's opening hours: its own when they parse, otherwise the
+/// default of its amenity, and the default of `restaurant` for a restaurant that the
+/// replica does not know yet.
+pub(crate) fn opening_hours(restaurant: Option<&KnownRestaurant>) -> OpeningHours {
+    let Some(restaurant) = restaurant else {
+        return tiffin_hours::default_for("restaurant");
+    };
+    restaurant
+        .opening_hours
+        .as_deref()
+        .and_then(|value| OpeningHours::parse(value).ok())
+        .unwrap_or_else(|| tiffin_hours::default_for(&restaurant.amenity))
+}
+
+/// Parses a stored reject reason, or returns `None` for a value outside the set.
+pub(crate) fn parse_reject_reason(value: &str) -> Option<RejectReason> {
+    [
+        RejectReason::Closed,
+        RejectReason::SoldOut,
+        RejectReason::AtCapacity,
+        RejectReason::KitchenDeclined,
+    ]
+    .into_iter()
+    .find(|reason| reason.as_str() == value)
+}
+
+/// Returns true when a caller with `role` may read and change stock.
+pub(crate) fn may_manage_stock(role: Role) -> bool {
+    matches!(role, Role::Staff | Role::Admin)
 }
 
 /// Returns how long an order takes to prepare in simulated time: the kitchen's share
@@ -157,6 +261,86 @@ mod tests {
         let ready = ready_by(1_000, Duration::from_secs(60), scale);
 
         assert_eq!(ready, i64::MAX);
+    }
+
+    #[test]
+    fn reject_rate_bounds_are_inclusive() {
+        for rate in [0.0, 0.5, 1.0] {
+            assert!(RejectRate::new(rate).is_ok(), "rejected {rate}");
+        }
+        for rate in [-0.1, 1.1, f64::NAN, f64::INFINITY] {
+            assert!(RejectRate::new(rate).is_err(), "accepted {rate}");
+        }
+    }
+
+    #[test]
+    fn reject_rate_extremes_decide_all() {
+        let never = RejectRate::new(0.0).expect("valid rate");
+        let always = RejectRate::new(1.0).expect("valid rate");
+
+        assert!(!never.declines(0.0));
+        assert!(always.declines(0.999_999));
+    }
+
+    #[test]
+    fn utc_offset_outside_range_fails() {
+        assert_eq!(validate_utc_offset(120).expect("Helsinki"), 120);
+        assert!(validate_utc_offset(-721).is_err());
+        assert!(validate_utc_offset(841).is_err());
+    }
+
+    #[test]
+    fn unknown_restaurant_gets_restaurant_default() {
+        let hours = opening_hours(None);
+
+        assert_eq!(hours, tiffin_hours::default_for("restaurant"));
+    }
+
+    #[test]
+    fn unparseable_hours_use_amenity_default() {
+        let cafe = KnownRestaurant {
+            amenity: "cafe".to_owned(),
+            opening_hours: Some("by appointment".to_owned()),
+        };
+
+        let hours = opening_hours(Some(&cafe));
+
+        assert_eq!(hours, tiffin_hours::default_for("cafe"));
+    }
+
+    #[test]
+    fn own_hours_win_over_default() {
+        let late = KnownRestaurant {
+            amenity: "fast_food".to_owned(),
+            opening_hours: Some("Mo-Su 20:00-05:00".to_owned()),
+        };
+
+        let hours = opening_hours(Some(&late));
+
+        assert_eq!(
+            hours,
+            OpeningHours::parse("Mo-Su 20:00-05:00").expect("valid")
+        );
+    }
+
+    #[test]
+    fn reject_reason_round_trips() {
+        for reason in [
+            RejectReason::Closed,
+            RejectReason::SoldOut,
+            RejectReason::AtCapacity,
+            RejectReason::KitchenDeclined,
+        ] {
+            assert_eq!(parse_reject_reason(reason.as_str()), Some(reason));
+        }
+        assert_eq!(parse_reject_reason("busy"), None);
+    }
+
+    #[test]
+    fn only_staff_and_admin_manage_stock() {
+        assert!(may_manage_stock(Role::Staff));
+        assert!(may_manage_stock(Role::Admin));
+        assert!(!may_manage_stock(Role::Customer));
     }
 
     #[test]

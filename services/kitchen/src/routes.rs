@@ -1,4 +1,6 @@
-//! HTTP handlers.
+//! HTTP handlers: tickets and readiness here, staff stock routes in `stock`.
+
+mod stock;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
@@ -7,21 +9,34 @@ use axum::routing::get;
 use tiffin_runtime::db::Database;
 use tiffin_runtime::json::Json;
 use tiffin_runtime::problem::{Problem, internal_error};
+use tiffin_runtime::token::TokenVerifier;
 
 use crate::domain::Ticket;
 use crate::storage;
 
-/// Builds the kitchen's routes, without the common layers.
-pub(crate) fn routes(db: Database) -> Router {
+/// Builds the kitchen's routes, without the common layers. Without `verifier` the
+/// staff routes return 503, because no token can be checked.
+pub(crate) fn routes(db: Database, verifier: Option<TokenVerifier>) -> Router {
+    let staff = match verifier {
+        Some(verifier) => stock::routes(stock::StaffState {
+            db: db.clone(),
+            verifier,
+        }),
+        None => stock::unavailable_routes(),
+    };
     Router::new()
         .route("/v1/kitchen/tickets/{order_id}", get(get_ticket))
         .route("/readyz", get(readyz))
         .with_state(db)
+        .merge(staff)
 }
 
-/// `GET /v1/kitchen/tickets/{order_id}`: the order's ticket with its status and its
-/// times in Unix milliseconds (`accepted_at`, the planned `ready_by`, and `ready_at`,
-/// which is null until the food is ready).
+/// `GET /v1/kitchen/tickets/{order_id}`: the order's ticket with its status, and the
+/// reject reason and detail of a rejected order.
+///
+/// Times are Unix milliseconds. `accepted_at` and the planned `ready_by` are null for
+/// an order that was never accepted, `ready_at` is null until the food is ready, and
+/// `cancelled_at` is null unless the order was cancelled.
 async fn get_ticket(
     State(db): State<Database>,
     order_id: Result<Path<String>, PathRejection>,

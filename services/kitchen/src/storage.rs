@@ -1,4 +1,8 @@
-//! Every SQL statement of the kitchen.
+//! Every SQL statement of the kitchen: tickets here, stock limits in `stock`, and
+//! the restaurant replica in `restaurants`.
+
+mod restaurants;
+mod stock;
 
 use std::collections::BTreeMap;
 
@@ -7,7 +11,12 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
-use crate::domain::{Ticket, TicketStatus};
+use crate::domain::{self, Ticket, TicketStatus};
+
+pub(crate) use self::restaurants::{count_restaurants, find_restaurant, upsert_restaurant};
+pub(crate) use self::stock::{
+    StockEntry, list_stock, remove_stock, return_stock, set_stock, stock_levels, take_stock,
+};
 
 /// An accepted ticket whose planned ready time has passed.
 #[derive(Debug, Clone)]
@@ -17,6 +26,15 @@ pub(crate) struct DueTicket {
     pub(crate) restaurant_id: String,
     pub(crate) accepted_at: i64,
     pub(crate) traceparent: Option<String>,
+    pub(crate) replay_delivery_minutes: Option<u32>,
+}
+
+/// A ticket read for a change, with the stock its acceptance took.
+#[derive(Debug, Clone)]
+pub(crate) struct LockedTicket {
+    pub(crate) ticket: Ticket,
+    /// The quantity taken from each stock row, by menu item.
+    pub(crate) stock_taken: BTreeMap<String, u64>,
 }
 
 /// Ticket counts for reports and consistency checks.
@@ -30,28 +48,48 @@ pub struct TicketCounts {
     /// Tickets per status (`accepted`, `ready`, ...). Statuses without tickets are
     /// absent.
     pub by_status: BTreeMap<String, i64>,
+    /// Rejected tickets per reason (`closed`, `sold_out`, `at_capacity`,
+    /// `kitchen_declined`). Reasons without tickets are absent.
+    pub by_reject_reason: BTreeMap<String, i64>,
 }
 
+/// The columns that [`ticket_from_row`] reads.
+const TICKET_COLUMNS: &str = "ticket_id, order_id, restaurant_id, status, reject_reason, \
+     reject_detail, lines, stock_taken, replay_delivery_minutes, created_at, accepted_at, \
+     ready_at, ready_at_actual, cancelled_at";
+
 /// Inserts `ticket` unless its order already has one, and returns whether it did.
+/// `stock_taken` is what accepting it took from the stock rows.
 pub(crate) async fn insert_ticket(
     tx: &mut Transaction<'_, Any>,
     ticket: &Ticket,
     traceparent: Option<&str>,
+    stock_taken: &BTreeMap<String, u64>,
 ) -> Result<bool, sqlx::Error> {
     let lines = serde_json::to_string(&ticket.lines).expect("order lines always serialize");
+    let stock_taken =
+        serde_json::to_string(stock_taken).expect("a map of strings to numbers serializes");
     let inserted = sqlx::query(
-        "INSERT INTO tickets (ticket_id, order_id, restaurant_id, status, lines, traceparent, \
-         accepted_at, ready_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+        "INSERT INTO tickets (ticket_id, order_id, restaurant_id, status, reject_reason, \
+         reject_detail, lines, stock_taken, traceparent, replay_delivery_minutes, created_at, \
+         accepted_at, ready_at, cancelled_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(&ticket.ticket_id)
     .bind(&ticket.order_id)
     .bind(&ticket.restaurant_id)
     .bind(ticket.status.as_str())
+    .bind(ticket.reject_reason.map(|reason| reason.as_str()))
+    .bind(ticket.reject_detail.as_deref())
     .bind(lines)
+    .bind(stock_taken)
     .bind(traceparent)
+    .bind(ticket.replay_delivery_minutes.map(i64::from))
+    .bind(ticket.created_at)
     .bind(ticket.accepted_at)
     .bind(ticket.ready_by)
+    .bind(ticket.cancelled_at)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -60,10 +98,9 @@ pub(crate) async fn insert_ticket(
 
 /// Finds the ticket of `order_id`.
 pub(crate) async fn find_ticket(pool: &AnyPool, order_id: &str) -> anyhow::Result<Option<Ticket>> {
-    let row = sqlx::query(
-        "SELECT ticket_id, order_id, restaurant_id, status, lines, accepted_at, ready_at, \
-         ready_at_actual FROM tickets WHERE order_id = $1",
-    )
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE order_id = $1"
+    )))
     .bind(order_id)
     .fetch_optional(pool)
     .await
@@ -71,22 +108,100 @@ pub(crate) async fn find_ticket(pool: &AnyPool, order_id: &str) -> anyhow::Resul
     row.map(|row| ticket_from_row(&row)).transpose()
 }
 
+/// Finds the ticket of `order_id` inside a write transaction, with the stock its
+/// acceptance took.
+pub(crate) async fn find_ticket_in(
+    tx: &mut Transaction<'_, Any>,
+    order_id: &str,
+) -> anyhow::Result<Option<LockedTicket>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE order_id = $1"
+    )))
+    .bind(order_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .with_context(|| format!("failed to read the ticket of order {order_id}"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+
+    let ticket = ticket_from_row(&row)?;
+    let stock_taken: Option<String> = row.try_get("stock_taken")?;
+    let stock_taken = match stock_taken {
+        Some(json) => serde_json::from_str(&json)
+            .with_context(|| format!("ticket {} has invalid stock_taken", ticket.ticket_id))?,
+        None => BTreeMap::new(),
+    };
+    Ok(Some(LockedTicket {
+        ticket,
+        stock_taken,
+    }))
+}
+
 fn ticket_from_row(row: &AnyRow) -> anyhow::Result<Ticket> {
     let ticket_id: String = row.try_get("ticket_id")?;
     let status: String = row.try_get("status")?;
+    let reject_reason: Option<String> = row.try_get("reject_reason")?;
     let lines: String = row.try_get("lines")?;
+    let replay_delivery_minutes: Option<i64> = row.try_get("replay_delivery_minutes")?;
     Ok(Ticket {
         status: TicketStatus::parse(&status)
             .with_context(|| format!("ticket {ticket_id} has an unknown status {status:?}"))?,
+        reject_reason: reject_reason
+            .map(|reason| {
+                domain::parse_reject_reason(&reason).with_context(|| {
+                    format!("ticket {ticket_id} has an unknown reject reason {reason:?}")
+                })
+            })
+            .transpose()?,
+        reject_detail: row.try_get("reject_detail")?,
         lines: serde_json::from_str(&lines)
             .with_context(|| format!("ticket {ticket_id} has invalid lines"))?,
+        replay_delivery_minutes: replay_delivery_minutes
+            .map(u32::try_from)
+            .transpose()
+            .with_context(|| format!("ticket {ticket_id} has invalid replay minutes"))?,
         order_id: row.try_get("order_id")?,
         restaurant_id: row.try_get("restaurant_id")?,
+        created_at: row.try_get("created_at")?,
         accepted_at: row.try_get("accepted_at")?,
         ready_by: row.try_get("ready_at")?,
         ready_at: row.try_get("ready_at_actual")?,
+        cancelled_at: row.try_get("cancelled_at")?,
         ticket_id,
     })
+}
+
+/// Moves an accepted ticket to cancelled at `now` and returns whether it was still
+/// accepted. The ticket timer then skips it, because it only readies accepted tickets.
+pub(crate) async fn cancel_ticket(
+    tx: &mut Transaction<'_, Any>,
+    ticket_id: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE tickets SET status = 'cancelled', cancelled_at = $2 \
+         WHERE ticket_id = $1 AND status = 'accepted'",
+    )
+    .bind(ticket_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Counts the accepted tickets of `restaurant_id`: the orders it is preparing.
+pub(crate) async fn count_open_tickets(
+    tx: &mut Transaction<'_, Any>,
+    restaurant_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tickets WHERE restaurant_id = $1 AND status = 'accepted'",
+    )
+    .bind(restaurant_id)
+    .fetch_one(&mut **tx)
+    .await
 }
 
 /// Lists up to `limit` accepted tickets planned to be ready at or before `now`,
@@ -97,7 +212,8 @@ pub(crate) async fn due_tickets(
     limit: i64,
 ) -> anyhow::Result<Vec<DueTicket>> {
     let rows = sqlx::query(
-        "SELECT ticket_id, order_id, restaurant_id, accepted_at, traceparent FROM tickets \
+        "SELECT ticket_id, order_id, restaurant_id, accepted_at, traceparent, \
+         replay_delivery_minutes FROM tickets \
          WHERE status = 'accepted' AND ready_at <= $1 ORDER BY ready_at, ticket_id LIMIT $2",
     )
     .bind(now)
@@ -107,12 +223,18 @@ pub(crate) async fn due_tickets(
     .context("failed to list due tickets")?;
     rows.iter()
         .map(|row| {
+            let ticket_id: String = row.try_get("ticket_id")?;
+            let replay_delivery_minutes: Option<i64> = row.try_get("replay_delivery_minutes")?;
             Ok(DueTicket {
-                ticket_id: row.try_get("ticket_id")?,
+                replay_delivery_minutes: replay_delivery_minutes
+                    .map(u32::try_from)
+                    .transpose()
+                    .with_context(|| format!("ticket {ticket_id} has invalid replay minutes"))?,
                 order_id: row.try_get("order_id")?,
                 restaurant_id: row.try_get("restaurant_id")?,
                 accepted_at: row.try_get("accepted_at")?,
                 traceparent: row.try_get("traceparent")?,
+                ticket_id,
             })
         })
         .collect()
@@ -147,7 +269,7 @@ pub(crate) async fn mark_ready(
     Ok(updated == 1)
 }
 
-/// Counts tickets in total, per status and per order.
+/// Counts tickets in total, per status, per reject reason and per order.
 pub(crate) async fn ticket_counts(pool: &AnyPool) -> anyhow::Result<TicketCounts> {
     let rows = sqlx::query("SELECT status, COUNT(*) AS tickets FROM tickets GROUP BY status")
         .fetch_all(pool)
@@ -159,6 +281,20 @@ pub(crate) async fn ticket_counts(pool: &AnyPool) -> anyhow::Result<TicketCounts
         let tickets: i64 = row.try_get("tickets")?;
         counts.tickets += tickets;
         counts.by_status.insert(status, tickets);
+    }
+
+    let rows = sqlx::query(
+        "SELECT reject_reason, COUNT(*) AS tickets FROM tickets \
+         WHERE status = 'rejected' GROUP BY reject_reason",
+    )
+    .fetch_all(pool)
+    .await
+    .context("failed to count rejected tickets per reason")?;
+    for row in rows {
+        let reason: Option<String> = row.try_get("reject_reason")?;
+        let tickets: i64 = row.try_get("tickets")?;
+        let reason = reason.unwrap_or_else(|| "unknown".to_owned());
+        counts.by_reject_reason.insert(reason, tickets);
     }
 
     counts.orders_with_several_tickets = sqlx::query_scalar(

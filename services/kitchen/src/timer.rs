@@ -121,7 +121,7 @@ impl TicketTimer {
             ticket_id: ticket.ticket_id.clone(),
             ready_at: now,
             preparation_ms: now - ticket.accepted_at,
-            replay_delivery_minutes: None,
+            replay_delivery_minutes: ticket.replay_delivery_minutes,
         };
         let trace = ticket
             .traceparent
