@@ -36,7 +36,12 @@ impl PaymentWorker {
     /// Creates the worker. With `exit_after_call`, the process exits right after
     /// payments confirms the first step and before the step is marked done: a
     /// fault to test that a restart repeats nothing.
-    pub fn new(db: Database, payments: PaymentsGateway, wake: Arc<Notify>, exit_after_call: bool) -> Self {
+    pub fn new(
+        db: Database,
+        payments: PaymentsGateway,
+        wake: Arc<Notify>,
+        exit_after_call: bool,
+    ) -> Self {
         Self {
             db,
             payments,
@@ -83,33 +88,64 @@ impl PaymentWorker {
     async fn carry_out(&self, action: &PaymentAction) -> anyhow::Result<()> {
         let result = match action.action.as_str() {
             "void" => self.payments.void(&action.payment_id, &action.reason).await,
-            "capture" => self.payments.capture(&action.payment_id, action.amount_cents).await,
+            "capture" => {
+                self.payments
+                    .capture(&action.payment_id, action.amount_cents)
+                    .await
+            }
             other => {
                 tracing::error!(action = other, "unknown payment step");
-                storage::finish_payment_action(&self.db, action, "failed", Some("unknown payment step"), now_millis())
-                    .await?;
+                storage::finish_payment_action(
+                    &self.db,
+                    action,
+                    "failed",
+                    Some("unknown payment step"),
+                    now_millis(),
+                )
+                .await?;
                 return Ok(());
             }
         };
         if self.exit_after_call && result.is_ok() {
-            tracing::error!("exiting after the payment call, before recording it, as the fault setting asks");
+            tracing::error!(
+                "exiting after the payment call, before recording it, as the fault setting asks"
+            );
             std::process::exit(86);
         }
 
         match result {
             Ok(()) => {
-                storage::finish_payment_action(&self.db, action, "done", None, now_millis()).await?;
+                storage::finish_payment_action(&self.db, action, "done", None, now_millis())
+                    .await?;
                 tracing::debug!("payment step done");
             }
-            Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument) => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+                ) =>
+            {
                 tracing::error!(error = %status.message(), "payments refused the step; it needs an operator");
-                storage::finish_payment_action(&self.db, action, "failed", Some(status.message()), now_millis()).await?;
+                storage::finish_payment_action(
+                    &self.db,
+                    action,
+                    "failed",
+                    Some(status.message()),
+                    now_millis(),
+                )
+                .await?;
             }
             Err(status) => {
                 let exponent = u32::try_from(action.attempts.min(8)).unwrap_or(8);
                 let delay_ms = (200_i64 << exponent).min(30_000);
                 tracing::warn!(error = %status.message(), attempt = action.attempts + 1, retry_in_ms = delay_ms, "payment step failed, will retry");
-                storage::retry_payment_action(&self.db, action, status.message(), now_millis() + delay_ms).await?;
+                storage::retry_payment_action(
+                    &self.db,
+                    action,
+                    status.message(),
+                    now_millis() + delay_ms,
+                )
+                .await?;
             }
         }
         Ok(())

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::{Handler, HandlerError, inbox};
 use tiffin_events::menu::MenuItemUpserted;
-use tiffin_events::order::{OrderAccepted, OrderDelivered, OrderPickedUp, OrderReady, OrderRejected};
+use tiffin_events::order::{
+    OrderAccepted, OrderDelivered, OrderPickedUp, OrderReady, OrderRejected,
+};
 use tiffin_runtime::db::Database;
 use tokio::sync::Notify;
 
@@ -96,25 +98,45 @@ impl Handler for OrderLifecycle {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
         let (order_id, order_event, at, reason) = match event.event_type.as_str() {
             "order.accepted" => {
-                let data = event.decode::<OrderAccepted>().map_err(HandlerError::permanent)?;
+                let data = event
+                    .decode::<OrderAccepted>()
+                    .map_err(HandlerError::permanent)?;
                 (data.order_id, OrderEvent::Accepted, data.accepted_at, None)
             }
             "order.ready" => {
-                let data = event.decode::<OrderReady>().map_err(HandlerError::permanent)?;
+                let data = event
+                    .decode::<OrderReady>()
+                    .map_err(HandlerError::permanent)?;
                 (data.order_id, OrderEvent::Ready, data.ready_at, None)
             }
             "order.rejected" => {
-                let data = event.decode::<OrderRejected>().map_err(HandlerError::permanent)?;
+                let data = event
+                    .decode::<OrderRejected>()
+                    .map_err(HandlerError::permanent)?;
                 let reason = data.reason.as_str().to_owned();
-                (data.order_id, OrderEvent::Rejected, data.rejected_at, Some(reason))
+                (
+                    data.order_id,
+                    OrderEvent::Rejected,
+                    data.rejected_at,
+                    Some(reason),
+                )
             }
             "order.picked_up" => {
-                let data = event.decode::<OrderPickedUp>().map_err(HandlerError::permanent)?;
+                let data = event
+                    .decode::<OrderPickedUp>()
+                    .map_err(HandlerError::permanent)?;
                 (data.order_id, OrderEvent::PickedUp, data.picked_up_at, None)
             }
             "order.delivered" => {
-                let data = event.decode::<OrderDelivered>().map_err(HandlerError::permanent)?;
-                (data.order_id, OrderEvent::Delivered, data.delivered_at, None)
+                let data = event
+                    .decode::<OrderDelivered>()
+                    .map_err(HandlerError::permanent)?;
+                (
+                    data.order_id,
+                    OrderEvent::Delivered,
+                    data.delivered_at,
+                    None,
+                )
             }
             other => {
                 return Err(HandlerError::permanent(anyhow::anyhow!(
@@ -138,14 +160,18 @@ impl Handler for OrderLifecycle {
         };
         match saga::apply(&mut tx, &change).await? {
             Outcome::Moved { from, to } => tracing::debug!(%from, %to, "order status changed"),
-            Outcome::Stale(status) => tracing::debug!(%status, "event already reflected in the order status"),
+            Outcome::Stale(status) => {
+                tracing::debug!(%status, "event already reflected in the order status")
+            }
             Outcome::Illegal(status) => {
                 tracing::warn!(%status, event = ?order_event, "event contradicts the order status, ignored");
             }
             Outcome::UnknownOrder => {
                 // Events are published only after their order commits, so an unknown
                 // order means another deployment's data on the same broker.
-                return Err(HandlerError::permanent(anyhow::anyhow!("order {order_id} does not exist")));
+                return Err(HandlerError::permanent(anyhow::anyhow!(
+                    "order {order_id} does not exist"
+                )));
             }
         }
         tx.commit().await?;

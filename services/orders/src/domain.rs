@@ -372,10 +372,8 @@ pub fn validate(request: &PlaceOrderRequest) -> Result<(), Problem> {
 /// Returns true for `YYYY-MM-DDTHH:MM:SS` with plausible field values.
 fn is_local_time(text: &str) -> bool {
     let bytes = text.as_bytes();
-    let digits = |range: std::ops::Range<usize>| {
-        text.get(range)
-            .and_then(|part| part.parse::<u32>().ok())
-    };
+    let digits =
+        |range: std::ops::Range<usize>| text.get(range).and_then(|part| part.parse::<u32>().ok());
     bytes.len() == 19
         && bytes[4] == b'-'
         && bytes[7] == b'-'
@@ -536,15 +534,21 @@ mod tests {
         ]
     }
 
-    const HAPPY_PATH: [OrderEvent; 4] =
-        [OrderEvent::Accepted, OrderEvent::Ready, OrderEvent::PickedUp, OrderEvent::Delivered];
+    const HAPPY_PATH: [OrderEvent; 4] = [
+        OrderEvent::Accepted,
+        OrderEvent::Ready,
+        OrderEvent::PickedUp,
+        OrderEvent::Delivered,
+    ];
 
     /// Delivers `events` in a scrambled order, each once or twice.
     fn scramble(events: &[OrderEvent], seed: u64) -> Vec<OrderEvent> {
         let mut delivered: Vec<OrderEvent> = events.to_vec();
         let mut rng = seed;
         let mut next = || {
-            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             (rng >> 33) as usize
         };
         for event in events {
@@ -561,10 +565,12 @@ mod tests {
 
     /// Applies events in sequence, ignoring stale and illegal ones, as the consumer does.
     fn replay_from(start: OrderStatus, events: &[OrderEvent]) -> OrderStatus {
-        events.iter().fold(start, |status, event| match status.apply(*event) {
-            Transition::To(next) => next,
-            Transition::Stale | Transition::Illegal => status,
-        })
+        events
+            .iter()
+            .fold(start, |status, event| match status.apply(*event) {
+                Transition::To(next) => next,
+                Transition::Stale | Transition::Illegal => status,
+            })
     }
 
     fn replay(events: &[OrderEvent]) -> OrderStatus {
@@ -576,8 +582,12 @@ mod tests {
         match history.last() {
             None => OrderStatus::Placed,
             Some(OrderEvent::Rejected) => OrderStatus::Rejected,
-            Some(_) => [OrderStatus::Accepted, OrderStatus::Ready, OrderStatus::PickedUp, OrderStatus::Delivered]
-                [history.len() - 1],
+            Some(_) => [
+                OrderStatus::Accepted,
+                OrderStatus::Ready,
+                OrderStatus::PickedUp,
+                OrderStatus::Delivered,
+            ][history.len() - 1],
         }
     }
 

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use tiffin_proto::payments::v1::payments_client::PaymentsClient;
-use tiffin_proto::payments::v1::{AuthorizeRequest, CaptureRequest, Payment, PaymentStatus, VoidRequest};
+use tiffin_proto::payments::v1::{
+    AuthorizeRequest, CaptureRequest, Payment, PaymentStatus, VoidRequest,
+};
 use tiffin_runtime::trace::{TRACEPARENT, TraceContext};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};

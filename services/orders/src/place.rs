@@ -135,7 +135,18 @@ pub async fn place_order(
     // A declined order is stored so that a retry answers the same, but the kitchen
     // never hears of it.
     if decline_reason.is_none() {
-        events.insert(0, placed_event(&order_id, customer_id, request, &priced, &payment_id, now, trace));
+        events.insert(
+            0,
+            placed_event(
+                &order_id,
+                customer_id,
+                request,
+                &priced,
+                &payment_id,
+                now,
+                trace,
+            ),
+        );
     }
 
     let written = async {
@@ -212,7 +223,9 @@ fn declined(reason: &str) -> Problem {
     Problem::new(
         StatusCode::PAYMENT_REQUIRED,
         "payment-declined",
-        format!("the card was declined ({reason}); the order was not placed and nothing was charged"),
+        format!(
+            "the card was declined ({reason}); the order was not placed and nothing was charged"
+        ),
     )
 }
 
@@ -248,6 +261,14 @@ async fn replay(
                 "idempotency key points to missing order {order_id}"
             ))
         })?;
+    if order.status == OrderStatus::PaymentDeclined {
+        let reason = order
+            .timeline
+            .iter()
+            .find_map(|entry| entry.reason.clone())
+            .unwrap_or_else(|| "declined".to_owned());
+        return Err(declined(&reason));
+    }
     Ok(Some(Placed {
         order,
         replayed: true,

@@ -163,15 +163,19 @@ async fn cancel_order(
 ) -> Result<Json<OrderRecord>, Problem> {
     tracing::Span::current().record("order_id", id.as_str());
     let not_found = || Problem::not_found(format!("order {id} does not exist"));
-    let order = storage::find_order(&state.db, &id).await.map_err(internal_error)?.ok_or_else(not_found)?;
+    let order = storage::find_order(&state.db, &id)
+        .await
+        .map_err(internal_error)?
+        .ok_or_else(not_found)?;
     if order.customer_id != claims.sub && claims.role != Role::Admin {
         return Err(not_found());
     }
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|error| Problem::invalid_field("reason", format!("invalid cancel request body: {error}")))?
+        serde_json::from_slice(&body).map_err(|error| {
+            Problem::invalid_field("reason", format!("invalid cancel request body: {error}"))
+        })?
     };
     let reason = request
         .reason
@@ -179,7 +183,13 @@ async fn cancel_order(
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "customer_request".to_owned());
     if reason.len() > 200 {
-        return Err(Problem::invalid_field("reason", format!("reason is {} bytes long; at most 200 are allowed", reason.len())));
+        return Err(Problem::invalid_field(
+            "reason",
+            format!(
+                "reason is {} bytes long; at most 200 are allowed",
+                reason.len()
+            ),
+        ));
     }
 
     let outcome = async {
@@ -212,11 +222,16 @@ async fn cancel_order(
                 OrderStatus::Delivered => "it has already been delivered".to_owned(),
                 other => format!("it is already {other}"),
             };
-            return Err(Problem::conflict(format!("order {id} cannot be cancelled: {why}")));
+            return Err(Problem::conflict(format!(
+                "order {id} cannot be cancelled: {why}"
+            )));
         }
         Outcome::UnknownOrder => return Err(not_found()),
     }
-    let order = storage::find_order(&state.db, &id).await.map_err(internal_error)?.ok_or_else(not_found)?;
+    let order = storage::find_order(&state.db, &id)
+        .await
+        .map_err(internal_error)?
+        .ok_or_else(not_found)?;
     Ok(Json(order))
 }
 

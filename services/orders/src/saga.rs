@@ -63,7 +63,10 @@ pub enum Outcome {
 /// # Errors
 ///
 /// Returns the database error; the caller rolls back.
-pub async fn apply(tx: &mut Transaction<'_, Any>, change: &Change<'_>) -> Result<Outcome, sqlx::Error> {
+pub async fn apply(
+    tx: &mut Transaction<'_, Any>,
+    change: &Change<'_>,
+) -> Result<Outcome, sqlx::Error> {
     let Some(order) = storage::summary_for_update(tx, change.order_id).await? else {
         return Ok(Outcome::UnknownOrder);
     };
@@ -80,7 +83,11 @@ pub async fn apply(tx: &mut Transaction<'_, Any>, change: &Change<'_>) -> Result
                     reason: change.reason.unwrap_or("customer_request").to_owned(),
                     cancelled_at: change.at,
                 };
-                outbox::enqueue(tx, &Envelope::new(SOURCE, &cancelled, Some(change.trace.child()))).await?;
+                outbox::enqueue(
+                    tx,
+                    &Envelope::new(SOURCE, &cancelled, Some(change.trace.child())),
+                )
+                .await?;
             }
             if let Some(action) = payment_step(change, &order, next) {
                 storage::add_payment_action(tx, &action, now_millis()).await?;
@@ -110,10 +117,22 @@ async fn announce(
     order: &OrderSummary,
     status: OrderStatus,
 ) -> Result<(), sqlx::Error> {
-    let recorded = storage::record_status(tx, change.order_id, status, change.at, change.event_id, change.reason).await?;
+    let recorded = storage::record_status(
+        tx,
+        change.order_id,
+        status,
+        change.at,
+        change.event_id,
+        change.reason,
+    )
+    .await?;
     if recorded {
         let event = status_changed(change.order_id, order, status, change.reason, change.at);
-        outbox::enqueue(tx, &Envelope::new(SOURCE, &event, Some(change.trace.child()))).await?;
+        outbox::enqueue(
+            tx,
+            &Envelope::new(SOURCE, &event, Some(change.trace.child())),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -150,10 +169,23 @@ fn target_status(event: OrderEvent) -> OrderStatus {
 }
 
 /// The payment step a new status requires, if any.
-fn payment_step(change: &Change<'_>, order: &OrderSummary, next: OrderStatus) -> Option<PaymentAction> {
+fn payment_step(
+    change: &Change<'_>,
+    order: &OrderSummary,
+    next: OrderStatus,
+) -> Option<PaymentAction> {
     let (action, reason) = match next {
-        OrderStatus::Rejected => ("void", format!("order rejected: {}", change.reason.unwrap_or("unknown"))),
-        OrderStatus::Cancelled => ("void", format!("order cancelled: {}", change.reason.unwrap_or("customer_request"))),
+        OrderStatus::Rejected => (
+            "void",
+            format!("order rejected: {}", change.reason.unwrap_or("unknown")),
+        ),
+        OrderStatus::Cancelled => (
+            "void",
+            format!(
+                "order cancelled: {}",
+                change.reason.unwrap_or("customer_request")
+            ),
+        ),
         OrderStatus::Delivered => ("capture", "order delivered".to_owned()),
         _ => return None,
     };

@@ -307,7 +307,9 @@ pub async fn summary_for_update(
     row.map(|row| {
         let status: String = row.try_get("status")?;
         Ok(OrderSummary {
-            status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            status: status
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             customer_id: row.try_get("customer_id")?,
             restaurant_id: row.try_get("restaurant_id")?,
             total_cents: row.try_get("total_cents")?,
@@ -357,7 +359,11 @@ pub async fn add_payment_action(
 }
 
 /// Lists pending payment steps that are due, oldest first.
-pub async fn due_payment_actions(db: &Database, now: i64, limit: i64) -> Result<Vec<PaymentAction>, sqlx::Error> {
+pub async fn due_payment_actions(
+    db: &Database,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<PaymentAction>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT order_id, action, payment_id, amount_cents, reason, attempts FROM payment_actions \
          WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, order_id LIMIT $2",
