@@ -37,6 +37,13 @@ pub enum Command {
     Load(LoadArgs),
     /// Start the whole system, replay real orders through it, report and exit.
     Demo(DemoArgs),
+    /// Check the invariants that span services: final orders, payments settled
+    /// exactly once, one notification per status change. Exits non-zero on a
+    /// violation.
+    Audit(AuditArgs),
+    /// Operator commands of the auth service.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Operator commands of the analytics service.
     #[command(subcommand)]
     Analytics(AnalyticsCommand),
@@ -71,6 +78,20 @@ pub struct SimulationArgs {
     #[arg(long, default_value_t = 2)]
     pub payment_latency_ms: u64,
 
+    /// Share of orders the kitchens turn down at random, from 0 to 1, on top of
+    /// rejections for closed restaurants, sold-out items and full kitchens.
+    #[arg(long, default_value_t = 0.0)]
+    pub reject_rate: f64,
+
+    /// Open tickets a kitchen cooks at once; further orders are rejected as at
+    /// capacity.
+    #[arg(long, default_value_t = 25)]
+    pub kitchen_capacity: u32,
+
+    /// Couriers in the fleet.
+    #[arg(long, default_value_t = 300)]
+    pub couriers: usize,
+
     /// Where notifications go: `log:` records and logs them; `smtp://HOST:PORT?from=ADDR&to_domain=DOMAIN`
     /// also mails them.
     #[arg(long, default_value = "log:", env = "TIFFIN_NOTIFY_CHANNEL")]
@@ -88,8 +109,8 @@ pub struct UpArgs {
     pub gateway_addr: SocketAddr,
 
     /// First port of the services behind the gateway: auth, catalog, orders,
-    /// payments (gRPC), kitchen, notifications and analytics take this port and the
-    /// six after it, on 127.0.0.1. 0 picks free ports.
+    /// payments (gRPC), kitchen, notifications, analytics and delivery take this port
+    /// and the seven after it, on 127.0.0.1. 0 picks free ports.
     #[arg(long, default_value_t = 8081)]
     pub port_base: u16,
 
@@ -100,6 +121,11 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub simulation: SimulationArgs,
+
+    /// A fault for tests: exit right after payments confirms a void or capture and
+    /// before the order service records it.
+    #[arg(long, hide = true)]
+    pub fault_exit_after_payment_step: bool,
 }
 
 /// Settings of a replay, shared by `load` and `demo`.
@@ -122,9 +148,15 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 0)]
     pub skip: usize,
 
-    /// Seconds a placed order may take to reach ready before it counts as lost.
-    #[arg(long, default_value_t = 60)]
-    pub ready_timeout_secs: u64,
+    /// Seconds a placed order may take to reach a final state (delivered, rejected,
+    /// cancelled) before it counts as lost.
+    #[arg(long, default_value_t = 120)]
+    pub order_timeout_secs: u64,
+
+    /// Share of placed orders the customers try to cancel, from 0 to 1. Each waits
+    /// up to 1.5 times the preparation time first, so some come too late.
+    #[arg(long, default_value_t = 0.0)]
+    pub cancel_rate: f64,
 }
 
 /// `tiffin load`.
@@ -167,6 +199,54 @@ pub struct DemoArgs {
 
     #[command(flatten)]
     pub simulation: SimulationArgs,
+}
+
+/// `tiffin audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Seconds an order may take to become final, and its payment to be settled,
+    /// before the audit counts it as stuck.
+    #[arg(long, default_value_t = 300)]
+    pub time_limit_secs: u64,
+
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tiffin users ...`.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create an account with any role; customers register themselves, staff and
+    /// admins come from here.
+    Add {
+        /// The email address to log in with.
+        #[arg(long)]
+        email: String,
+        /// The password, 8 to 128 characters. Prefer the environment variable, which
+        /// other users of the machine cannot see in the process list.
+        #[arg(long, env = "TIFFIN_NEW_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// The role: customer, staff (manages kitchen stock) or admin (sees every order).
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+/// A user role.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// Places and follows their own orders.
+    Customer,
+    /// Restaurant staff.
+    Staff,
+    /// Operators.
+    Admin,
 }
 
 /// `tiffin analytics ...`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::audit::{self, AuditReport};
 use crate::cli::{DemoArgs, SimulationArgs, UpArgs};
 use crate::load::{self, LoadSettings, LoadSummary};
 use crate::report::{self, SystemCounts};
@@ -17,6 +18,7 @@ fn processor(simulation: &SimulationArgs) -> anyhow::Result<tiffin_payments::Pro
     for (name, value) in [
         ("--decline-rate", simulation.decline_rate),
         ("--payment-error-rate", simulation.payment_error_rate),
+        ("--reject-rate", simulation.reject_rate),
     ] {
         anyhow::ensure!(
             (0.0..=1.0).contains(&value),
@@ -49,6 +51,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         time_scale: args.time_scale,
         processor: processor(&args.simulation)?,
         notify_channel: args.simulation.notify_channel.clone(),
+        reject_rate: args.simulation.reject_rate,
+        kitchen_capacity: args.simulation.kitchen_capacity,
+        couriers: args.simulation.couriers,
+        fault_exit_after_payment_step: args.fault_exit_after_payment_step,
     })
     .await?;
 
@@ -109,8 +115,13 @@ pub struct DemoReport {
     pub ready_p50_ms: f64,
     /// As above.
     pub ready_p99_ms: f64,
-    /// True when nothing was lost, doubled or failed and analytics agrees.
+    /// Orders per final state (from the order database).
+    pub final_states: std::collections::BTreeMap<String, i64>,
+    /// True when nothing was lost, doubled or failed, analytics agrees and the audit
+    /// found no violation.
     pub clean: bool,
+    /// The cross-service audit.
+    pub audit: AuditReport,
     /// Every count read from the databases.
     pub system: SystemCounts,
     /// Everything the load generator saw.
@@ -145,6 +156,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         time_scale: args.replay.speed,
         processor: processor(&args.simulation)?,
         notify_channel: args.simulation.notify_channel.clone(),
+        reject_rate: args.simulation.reject_rate,
+        kitchen_capacity: args.simulation.kitchen_capacity,
+        couriers: args.simulation.couriers,
+        fault_exit_after_payment_step: false,
     })
     .await?;
     let outcome = replay_and_report(&system, &args).await;
@@ -177,7 +192,8 @@ async fn replay_and_report(system: &System, args: &DemoArgs) -> anyhow::Result<D
         speed: args.replay.speed,
         concurrency: args.replay.concurrency,
         customers: args.replay.customers,
-        ready_timeout: Duration::from_secs(args.replay.ready_timeout_secs),
+        order_timeout: Duration::from_secs(args.replay.order_timeout_secs),
+        cancel_rate: args.replay.cancel_rate,
         run_id: format!("demo-{}", uuid::Uuid::now_v7()),
         progress: std::io::stderr().is_terminal(),
     })
@@ -197,6 +213,10 @@ async fn replay_and_report(system: &System, args: &DemoArgs) -> anyhow::Result<D
         counts = report::count(system.data_dir()).await?;
     }
 
+    // Every order is final by now, so the audit's time limit only has to cover the
+    // payment steps the worker may still be finishing.
+    let audit = audit::audit(system.data_dir(), 30_000).await?;
+
     Ok(DemoReport {
         placed: counts.placed,
         declined: counts.declined,
@@ -209,7 +229,12 @@ async fn replay_and_report(system: &System, args: &DemoArgs) -> anyhow::Result<D
         http_p99_ms: summary.http_p99_ms,
         ready_p50_ms: counts.ready_p50_ms,
         ready_p99_ms: counts.ready_p99_ms,
-        clean: counts.is_clean() && summary.failed_total() == 0 && summary.lost == 0,
+        clean: counts.is_clean()
+            && audit.is_clean()
+            && summary.failed_total() == 0
+            && summary.lost == 0,
+        final_states: counts.orders_by_status.clone(),
+        audit,
         system: counts,
         load: summary,
     })
@@ -243,6 +268,7 @@ fn print_report(report: &DemoReport) {
         "analytics          {} orders, {} cents (orders: {} cents)",
         system.analytics_orders, system.analytics_revenue_cents, system.orders_revenue_cents
     );
+    println!("\nAudit:\n{}", report.audit);
     if !system.problem_orders.is_empty() {
         println!("orders to look at  {}", system.problem_orders.join(" "));
     }

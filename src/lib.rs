@@ -6,11 +6,13 @@
 //! - [`system`]: every service in one process on the embedded bus.
 //! - [`load`]: the replay of real orders against a gateway.
 //! - [`report`]: figures counted from the services' own databases.
+//! - [`audit`]: the invariants that span services.
 //! - [`demo`]: `tiffin up` and `tiffin demo`.
 //! - [`ops`]: operator commands on a stopped system.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod demo;
 pub mod load;

@@ -9,8 +9,11 @@ use std::time::Duration;
 use clap::Parser;
 use tiffin_runtime::telemetry::{self, LogFormat};
 
-use tiffin::cli::{AnalyticsCommand, Cli, Command, DeadLetterCommand, LogFormatArg};
+use tiffin::cli::{
+    AnalyticsCommand, Cli, Command, DeadLetterCommand, LogFormatArg, RoleArg, UsersCommand,
+};
 use tiffin::{demo, load, ops};
+use tiffin_runtime::token::Role;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -50,7 +53,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 speed: args.replay.speed,
                 concurrency: args.replay.concurrency,
                 customers: args.replay.customers,
-                ready_timeout: Duration::from_secs(args.replay.ready_timeout_secs),
+                order_timeout: Duration::from_secs(args.replay.order_timeout_secs),
+                cancel_rate: args.replay.cancel_rate,
                 run_id: format!("load-{}", uuid::Uuid::now_v7()),
                 progress: std::io::stderr().is_terminal(),
             })
@@ -60,6 +64,35 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 demo::write_json(path, &summary)?;
             }
             Ok(summary.lost == 0 && summary.failed_total() == 0)
+        }
+        Command::Audit(args) => {
+            let report = tiffin::audit::audit(
+                &args.data.data_dir,
+                i64::try_from(args.time_limit_secs)?.saturating_mul(1000),
+            )
+            .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(report.is_clean())
+        }
+        Command::Users(UsersCommand::Add {
+            email,
+            password,
+            role,
+            data,
+        }) => {
+            let role = match role {
+                RoleArg::Customer => Role::Customer,
+                RoleArg::Staff => Role::Staff,
+                RoleArg::Admin => Role::Admin,
+            };
+            let url = tiffin_runtime::db::Database::sqlite_url(&data.data_dir, "auth");
+            let id = tiffin_auth::create_user(&url, &email, &password, role).await?;
+            println!("Created {role:?} account {email} with id {id}.");
+            Ok(true)
         }
         Command::Analytics(AnalyticsCommand::Rebuild(data)) => {
             ops::rebuild_analytics(&data.data_dir).await.map(|()| true)

@@ -17,13 +17,13 @@ use tiffin_bus::embedded::EmbeddedBus;
 /// Counts of a run, read from the services' databases.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SystemCounts {
-    /// Orders stored by the order service.
+    /// Orders stored by the order service whose payment was authorized.
     pub placed: i64,
     /// Authorizations the payment service declined.
     pub declined: i64,
-    /// Orders whose status is ready or later.
+    /// Orders whose timeline shows them ready.
     pub reached_ready: i64,
-    /// Stored orders not ready (yet).
+    /// Stored orders not in a final state.
     pub lost: i64,
     /// Orders per status.
     pub orders_by_status: BTreeMap<String, i64>,
@@ -31,9 +31,9 @@ pub struct SystemCounts {
     pub duplicate_tickets: i64,
     /// Orders without a kitchen ticket.
     pub missing_tickets: i64,
-    /// Events with more than one notification.
+    /// Status changes with more than one notification.
     pub duplicate_notifications: i64,
-    /// Orders without exactly one notification per `order.placed` and `order.ready`.
+    /// Orders without exactly one notification per status in their timeline.
     pub orders_with_wrong_notifications: i64,
     /// Orders with more than one payment authorization.
     pub duplicate_authorizations: i64,
@@ -78,8 +78,8 @@ async fn open(data_dir: &Path, name: &str) -> anyhow::Result<AnyPool> {
         .with_context(|| format!("failed to open {name}.db in {}", data_dir.display()))
 }
 
-/// Counts events not yet delivered: outbox rows of every service plus messages
-/// waiting in work queues.
+/// Counts work not yet done: outbox rows of every service, messages waiting in work
+/// queues, and payment steps the order service has yet to carry out.
 ///
 /// # Errors
 ///
@@ -95,6 +95,56 @@ pub async fn pending_events(data_dir: &Path, bus: &EmbeddedBus) -> anyhow::Resul
         pending += rows;
     }
     Ok(pending)
+}
+
+/// Names the replicas that do not yet hold all of the catalog, such as
+/// `orders menu replica (120 of 13239 items)`. Empty when all are complete.
+///
+/// # Errors
+///
+/// Fails when a database cannot be read.
+pub async fn lagging_replicas(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let count = async |service: &str, sql: &'static str| -> anyhow::Result<i64> {
+        let pool = open(data_dir, service).await?;
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await?;
+        pool.close().await;
+        Ok(n)
+    };
+    let items = count("catalog", "SELECT COUNT(*) FROM menu_items").await?;
+    let restaurants = count("catalog", "SELECT COUNT(*) FROM restaurants").await?;
+    let checks = [
+        (
+            "orders menu replica",
+            "items",
+            count("orders", "SELECT COUNT(*) FROM menu_replica").await?,
+            items,
+        ),
+        (
+            "kitchen restaurant replica",
+            "restaurants",
+            count("kitchen", "SELECT COUNT(*) FROM restaurants").await?,
+            restaurants,
+        ),
+        (
+            "delivery restaurant replica",
+            "restaurants",
+            count("delivery", "SELECT COUNT(*) FROM restaurants").await?,
+            restaurants,
+        ),
+        (
+            "delivery courier fleet",
+            "couriers",
+            count("delivery", "SELECT COUNT(*) FROM couriers")
+                .await?
+                .min(1),
+            1,
+        ),
+    ];
+    Ok(checks
+        .into_iter()
+        .filter(|(_, _, have, want)| have < want)
+        .map(|(name, unit, have, want)| format!("{name} ({have} of {want} {unit})"))
+        .collect())
 }
 
 /// Counts what the services stored.
@@ -125,17 +175,38 @@ pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()?;
-    counts.placed = orders.len() as i64;
+    let mut timelines: HashMap<String, Vec<String>> = HashMap::new();
+    for row in sqlx::query("SELECT order_id, status FROM order_status_history")
+        .fetch_all(&orders_db)
+        .await?
+    {
+        timelines
+            .entry(row.try_get(0)?)
+            .or_default()
+            .push(row.try_get(1)?);
+    }
+    // Orders refused at the door (payment declined) never reach the kitchen; the
+    // counts below are about the orders that did.
+    let declined_orders = orders
+        .iter()
+        .filter(|(_, status, ..)| status == "payment_declined")
+        .count() as i64;
+    counts.placed = orders.len() as i64 - declined_orders;
     for (id, status, _, total) in &orders {
         *counts.orders_by_status.entry(status.clone()).or_default() += 1;
+        if status == "payment_declined" {
+            continue;
+        }
         counts.orders_revenue_cents += total;
-        if matches!(status.as_str(), "ready" | "picked_up" | "delivered") {
+        let timeline = timelines.get(id).map(Vec::as_slice).unwrap_or_default();
+        if timeline.iter().any(|s| s == "ready") {
             counts.reached_ready += 1;
-        } else {
+        }
+        if !matches!(status.as_str(), "delivered" | "rejected" | "cancelled") {
+            counts.lost += 1;
             problems.push(id.clone());
         }
     }
-    counts.lost = counts.placed - counts.reached_ready;
 
     let mut ready_ms: Vec<i64> = sqlx::query(
         "SELECT r.changed_at - p.changed_at FROM order_status_history p \
@@ -157,7 +228,10 @@ pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
     {
         *tickets.entry(row.try_get(0)?).or_default() += 1;
     }
-    for (id, ..) in &orders {
+    for (id, status, ..) in &orders {
+        if status == "payment_declined" {
+            continue;
+        }
         match tickets.get(id) {
             None => {
                 counts.missing_tickets += 1;
@@ -172,33 +246,26 @@ pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
     }
 
     counts.duplicate_notifications = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (SELECT event_id FROM notifications GROUP BY event_id HAVING COUNT(*) > 1) AS d",
+        "SELECT COUNT(*) FROM (SELECT order_id, order_status FROM notifications GROUP BY order_id, order_status HAVING COUNT(*) > 1) AS d",
     )
     .fetch_one(&notifications_db)
     .await?;
-    let mut notified: HashMap<(String, String), i64> = HashMap::new();
-    for row in sqlx::query("SELECT order_id, event_type FROM notifications")
+    let mut notified: HashMap<String, Vec<String>> = HashMap::new();
+    for row in sqlx::query("SELECT order_id, order_status FROM notifications")
         .fetch_all(&notifications_db)
         .await?
     {
-        *notified
-            .entry((row.try_get(0)?, row.try_get(1)?))
-            .or_default() += 1;
+        notified
+            .entry(row.try_get(0)?)
+            .or_default()
+            .push(row.try_get(1)?);
     }
-    for (id, status, ..) in &orders {
-        let placed = notified
-            .get(&(id.clone(), "order.placed".to_owned()))
-            .copied()
-            .unwrap_or(0);
-        let ready = notified
-            .get(&(id.clone(), "order.ready".to_owned()))
-            .copied()
-            .unwrap_or(0);
-        let ready_expected = i64::from(matches!(
-            status.as_str(),
-            "ready" | "picked_up" | "delivered"
-        ));
-        if placed != 1 || ready != ready_expected {
+    for (id, ..) in &orders {
+        let mut expected = timelines.get(id).cloned().unwrap_or_default();
+        let mut sent = notified.get(id).cloned().unwrap_or_default();
+        expected.sort();
+        sent.sort();
+        if expected != sent {
             counts.orders_with_wrong_notifications += 1;
             problems.push(id.clone());
         }
@@ -226,7 +293,10 @@ pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
             .iter()
             .map(|row| row.try_get(0))
             .collect::<Result<_, sqlx::Error>>()?;
-    for (id, _, payment_id, _) in &orders {
+    for (id, status, payment_id, _) in &orders {
+        if status == "payment_declined" {
+            continue;
+        }
         match authorizations.get(id) {
             Some((n, _)) if *n > 1 => {
                 counts.duplicate_authorizations += 1;
@@ -234,7 +304,7 @@ pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
             }
             _ => {}
         }
-        if !payment_ids.contains(payment_id) {
+        if !payment_ids.contains(payment_id) && status != "payment_declined" {
             counts.orders_without_authorization += 1;
             problems.push(id.clone());
         }

@@ -28,6 +28,15 @@ pub struct SystemSettings {
     pub processor: tiffin_payments::ProcessorSettings,
     /// The notification channel URL.
     pub notify_channel: String,
+    /// Share of orders kitchens turn down at random.
+    pub reject_rate: f64,
+    /// Open tickets per kitchen.
+    pub kitchen_capacity: u32,
+    /// Couriers in the fleet.
+    pub couriers: usize,
+    /// Exit after a payment step is confirmed and before it is recorded (a fault
+    /// for tests).
+    pub fault_exit_after_payment_step: bool,
 }
 
 /// A running all-in-one system.
@@ -123,27 +132,39 @@ impl System {
         let catalog_addr = catalog.http_addr();
         self.spawn("catalog", catalog_addr, |token| catalog.run(token));
 
-        let orders = tiffin_orders::Service::build(
-            tiffin_orders::Settings::new(
-                addr(2),
-                url("orders"),
-                format!("http://{auth_addr}/v1/auth/jwks"),
-                format!("http://{payments_addr}"),
-            ),
-            bus.clone(),
-        )
-        .await
-        .context("failed to start orders")?;
+        let jwks_url = format!("http://{auth_addr}/v1/auth/jwks");
+        let mut orders_settings = tiffin_orders::Settings::new(
+            addr(2),
+            url("orders"),
+            jwks_url.clone(),
+            format!("http://{payments_addr}"),
+        );
+        orders_settings.fault_exit_after_payment_step = settings.fault_exit_after_payment_step;
+        let orders = tiffin_orders::Service::build(orders_settings, bus.clone())
+            .await
+            .context("failed to start orders")?;
         let orders_addr = orders.http_addr();
         self.spawn("orders", orders_addr, |token| orders.run(token));
 
         let mut kitchen_settings = tiffin_kitchen::Settings::new(addr(4), url("kitchen"));
         kitchen_settings.time_scale = settings.time_scale;
+        kitchen_settings.jwks_url = Some(jwks_url);
+        kitchen_settings.reject_rate = settings.reject_rate;
+        kitchen_settings.capacity_per_restaurant = settings.kitchen_capacity;
         let kitchen = tiffin_kitchen::Service::build(kitchen_settings, bus.clone())
             .await
             .context("failed to start kitchen")?;
         let kitchen_addr = kitchen.http_addr();
         self.spawn("kitchen", kitchen_addr, |token| kitchen.run(token));
+
+        let mut delivery_settings = tiffin_delivery::Settings::new(addr(7), url("delivery"));
+        delivery_settings.time_scale = settings.time_scale;
+        delivery_settings.couriers = settings.couriers;
+        let delivery = tiffin_delivery::Service::build(delivery_settings, bus.clone())
+            .await
+            .context("failed to start delivery")?;
+        let delivery_addr = delivery.http_addr();
+        self.spawn("delivery", delivery_addr, |token| delivery.run(token));
 
         let mut notifications_settings =
             tiffin_notifications::Settings::new(addr(5), url("notifications"));
@@ -173,6 +194,8 @@ impl System {
                 catalog: format!("http://{catalog_addr}"),
                 orders: format!("http://{orders_addr}"),
                 kitchen: format!("http://{kitchen_addr}"),
+                delivery: format!("http://{delivery_addr}"),
+                notifications: format!("http://{notifications_addr}"),
                 analytics: format!("http://{analytics_addr}"),
             },
         ))
@@ -204,8 +227,13 @@ impl System {
         &self.bus
     }
 
-    /// Waits until every service returns 200 from `/readyz`, which for orders means
-    /// its menu replica has caught up with the catalog.
+    /// Waits until every service returns 200 from `/readyz` and every replica holds
+    /// all of the catalog: the menus in orders, the restaurants in the kitchen and
+    /// delivery, and delivery's courier fleet.
+    ///
+    /// The second check exists because a replica that has read to the end of the
+    /// stream is not complete while the catalog is still publishing its seed; a
+    /// service alone cannot tell the two apart, but the whole system can.
     ///
     /// # Errors
     ///
@@ -218,7 +246,7 @@ impl System {
             if let Some((name, _)) = self.tasks.iter().find(|(_, task)| task.is_finished()) {
                 anyhow::bail!("service {name} stopped during start-up; see the log above");
             }
-            let mut waiting = Vec::new();
+            let mut waiting: Vec<String> = Vec::new();
             for (name, addr) in &self.addresses {
                 if *name == "payments" {
                     continue;
@@ -229,11 +257,15 @@ impl System {
                     .await
                     .is_ok_and(|response| response.status().is_success());
                 if !ready {
-                    waiting.push(*name);
+                    waiting.push((*name).to_owned());
                 }
             }
             if waiting.is_empty() {
-                return Ok(());
+                let lagging = crate::report::lagging_replicas(&self.data_dir).await?;
+                if lagging.is_empty() {
+                    return Ok(());
+                }
+                waiting.extend(lagging);
             }
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!(

@@ -122,6 +122,7 @@ impl GatewayClient {
                 .as_array()
                 .context("the restaurant page has no items")?
             {
+                let amenity = item["amenity"].as_str().unwrap_or("restaurant");
                 venues.push(Venue {
                     id: item["id"]
                         .as_str()
@@ -129,6 +130,7 @@ impl GatewayClient {
                         .to_owned(),
                     lat: item["lat"].as_f64().context("a restaurant has no lat")?,
                     lon: item["lon"].as_f64().context("a restaurant has no lon")?,
+                    hours: opening_hours(amenity, item["opening_hours"].as_str()),
                 });
             }
             match page["next_cursor"].as_str() {
@@ -186,6 +188,25 @@ impl GatewayClient {
         })
     }
 
+    /// Asks to cancel an order: true when it was cancelled (now or before), false
+    /// when it was past cancelling (409).
+    pub async fn cancel(&self, customer: &Customer, order_id: &str) -> anyhow::Result<bool> {
+        let response = self
+            .http
+            .post(format!("{}/v1/orders/{order_id}/cancel", self.base))
+            .bearer_auth(&customer.token)
+            .send()
+            .await?;
+        match response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::CONFLICT => Ok(false),
+            other => anyhow::bail!(
+                "cancelling order {order_id} returned {other}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+    }
+
     /// Reads an order with its timeline.
     pub async fn order(&self, customer: &Customer, order_id: &str) -> anyhow::Result<Value> {
         let response = self
@@ -216,6 +237,14 @@ impl GatewayClient {
         let body: Value = response.json().await?;
         Ok(body["status"].as_str().unwrap_or_default().to_owned())
     }
+}
+
+/// The hours the kitchen applies: the mapped hours when they parse, else the
+/// amenity's default.
+fn opening_hours(amenity: &str, mapped: Option<&str>) -> tiffin_hours::OpeningHours {
+    mapped
+        .and_then(|text| tiffin_hours::OpeningHours::parse(text).ok())
+        .unwrap_or_else(|| tiffin_hours::default_for(amenity))
 }
 
 fn detail(problem: &Value) -> String {

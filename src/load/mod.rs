@@ -2,9 +2,14 @@
 //!
 //! 1. Lists the catalog and signs in the customers (register, then log in).
 //! 2. Sends each real order at its real time since the first, divided by the speed,
-//!    with at most `concurrency` orders between sending and reaching ready.
-//! 3. Follows every placed order until it is ready or the timeout passes, and
-//!    reads its timeline for the time from placement to ready.
+//!    to the nearest restaurant open at the order's real local time, with at most
+//!    `concurrency` orders between sending and reaching a final state.
+//! 3. Cancels a share of the orders (`cancel_rate`, chosen by a hash of the order id)
+//!    after a delay drawn from the order's preparation time, so some cancellations
+//!    come in time and some too late.
+//! 4. Follows every placed order until it is final (delivered, rejected, cancelled)
+//!    or the timeout passes, and reads its timeline for the time from placement to
+//!    ready.
 //!
 //! A request that fails with 503 is retried with the same `Idempotency-Key`, as a
 //! real client would, so a retry never places a second order.
@@ -27,6 +32,8 @@ use tokio::time::Instant;
 use self::client::{Customer, GatewayClient, MenuEntry, PlaceOutcome};
 use self::replay::{RealOrder, Venue};
 pub use self::summary::LoadSummary;
+use tiffin_events::order::split_replay_minutes;
+use tiffin_runtime::hash::fnv1a64;
 
 /// Settings of a load run.
 #[derive(Debug, Clone)]
@@ -43,8 +50,10 @@ pub struct LoadSettings {
     pub concurrency: usize,
     /// Customers to sign in; order `n` belongs to customer `n % customers`.
     pub customers: usize,
-    /// How long a placed order may take to reach ready.
-    pub ready_timeout: Duration,
+    /// How long a placed order may take to reach a final state.
+    pub order_timeout: Duration,
+    /// Share of placed orders to cancel, from 0 to 1.
+    pub cancel_rate: f64,
     /// Prefix of the idempotency keys, unique per run.
     pub run_id: String,
     /// Whether to draw a progress bar (off when output is not a terminal).
@@ -78,6 +87,11 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<LoadSummary> {
     );
     anyhow::ensure!(settings.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(settings.customers > 0, "--customers must be at least 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&settings.cancel_rate),
+        "--cancel-rate is {}; it must be between 0 and 1",
+        settings.cancel_rate
+    );
 
     let client = GatewayClient::new(&settings.target, Duration::from_secs(10))?;
     let orders = replay::real_orders(settings.skip, settings.limit)?;
@@ -193,20 +207,26 @@ impl Run {
         self.count_outcome(order, &outcome);
 
         if let Ok((PlaceOutcome::Placed(order_id), customer)) = outcome {
-            let ready = self.await_ready(&customer, &order_id).await;
+            if self.should_cancel(order) {
+                self.cancel_later(order, &customer, &order_id).await;
+            }
+            let end = self.await_final(&customer, &order_id).await;
             let mut summary = self.summary.lock().expect("not poisoned");
-            match ready {
-                Some(ready_ms) => {
-                    summary.reached_ready += 1;
-                    let _ = self
-                        .ready
-                        .lock()
-                        .expect("not poisoned")
-                        .record(ready_ms.max(0) as u64 * 1000 + 1);
+            match end {
+                Some((status, ready_ms)) => {
+                    *summary.final_states.entry(status).or_default() += 1;
+                    if let Some(ready_ms) = ready_ms {
+                        summary.reached_ready += 1;
+                        let _ = self
+                            .ready
+                            .lock()
+                            .expect("not poisoned")
+                            .record(ready_ms.max(0) as u64 * 1000 + 1);
+                    }
                 }
                 None => {
                     summary.lost += 1;
-                    tracing::warn!(%order_id, "order did not reach ready in time");
+                    tracing::warn!(%order_id, "order did not reach a final state in time");
                 }
             }
         }
@@ -249,8 +269,10 @@ impl Run {
         index: usize,
         order: &RealOrder,
     ) -> anyhow::Result<(PlaceOutcome, Customer)> {
-        let venue_index = replay::nearest(&self.venues, order.venue_lat, order.venue_lon)
-            .context("the catalog has no restaurants")?;
+        let local_time = order.local_time();
+        let venue_index =
+            replay::nearest_open(&self.venues, order.venue_lat, order.venue_lon, &local_time)
+                .context("the catalog has no restaurants")?;
         let venue = &self.venues[venue_index];
         let menu = self.menu(venue_index).await?;
         let items: Vec<Value> = replay::pick_items(order.order_id, order.item_count, menu.len())
@@ -267,6 +289,7 @@ impl Run {
                 "lon": order.customer_lon,
             },
             "replay_delivery_minutes": order.actual_delivery_minutes,
+            "replay_local_time": local_time,
         });
         let customer = self.customers[index % self.customers.len()].clone();
         let key = format!("{}-{}", self.settings.run_id, order.order_id);
@@ -311,17 +334,53 @@ impl Run {
         Ok(menu.clone())
     }
 
-    /// Polls the order until it is ready or later, and returns the milliseconds from
-    /// placement to ready by its timeline; `None` on timeout.
-    async fn await_ready(&self, customer: &Customer, order_id: &str) -> Option<i64> {
-        let deadline = Instant::now() + self.settings.ready_timeout;
+    /// Returns true when this order is one of the share to cancel, chosen by a
+    /// stable hash of the real order id.
+    fn should_cancel(&self, order: &RealOrder) -> bool {
+        let draw = fnv1a64(&format!("cancel{}", order.order_id)) % 10_000;
+        (draw as f64) < self.settings.cancel_rate * 10_000.0
+    }
+
+    /// Waits between 0 and 1.5 times the order's scaled preparation time, then asks
+    /// to cancel. Early requests find the order in the kitchen, late ones find it
+    /// picked up and get 409.
+    async fn cancel_later(&self, order: &RealOrder, customer: &Customer, order_id: &str) {
+        let (preparation_minutes, _) = split_replay_minutes(order.actual_delivery_minutes);
+        let preparation_ms = f64::from(preparation_minutes) * 60_000.0 / self.settings.speed;
+        let share = (fnv1a64(&format!("cancel-delay{}", order.order_id)) % 150) as f64 / 100.0;
+        tokio::time::sleep(Duration::from_secs_f64(preparation_ms * share / 1000.0)).await;
+        let accepted = self.client.cancel(customer, order_id).await;
+        let mut summary = self.summary.lock().expect("not poisoned");
+        summary.cancel_requests += 1;
+        match accepted {
+            Ok(true) => {}
+            Ok(false) => summary.cancel_refused += 1,
+            Err(error) => {
+                tracing::warn!(%order_id, error = %error, "cancel request failed");
+                *summary
+                    .failed
+                    .entry(format!("cancel: {error:#}"))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Polls the order until it is final and returns its status and the
+    /// milliseconds from placement to ready by its timeline (`None` when it never was
+    /// ready); `None` on timeout.
+    async fn await_final(
+        &self,
+        customer: &Customer,
+        order_id: &str,
+    ) -> Option<(String, Option<i64>)> {
+        let deadline = Instant::now() + self.settings.order_timeout;
         let mut delay = Duration::from_millis(20);
         while Instant::now() < deadline {
             if let Ok(status) = self.client.status(customer, order_id).await
-                && matches!(status.as_str(), "ready" | "picked_up" | "delivered")
+                && FINAL_STATUSES.contains(&status.as_str())
             {
                 let order = self.client.order(customer, order_id).await.ok()?;
-                return Some(ready_after(&order).unwrap_or(0));
+                return Some((status, ready_after(&order)));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(250));
@@ -329,6 +388,9 @@ impl Run {
         None
     }
 }
+
+/// Statuses an order never leaves.
+const FINAL_STATUSES: [&str; 4] = ["delivered", "rejected", "cancelled", "payment_declined"];
 
 /// Milliseconds from the `placed` to the `ready` entry of an order's timeline.
 fn ready_after(order: &Value) -> Option<i64> {

@@ -34,6 +34,11 @@ pub struct RealOrder {
 }
 
 impl RealOrder {
+    /// Returns the placement time as a local time, `YYYY-MM-DDTHH:MM:SS`.
+    pub fn local_time(&self) -> String {
+        self.ordered_at.replacen(' ', "T", 1)
+    }
+
     /// Returns the placement time in seconds since the Unix epoch. The source's time
     /// zone is undocumented and read as UTC, because only differences between orders
     /// matter here.
@@ -112,7 +117,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// A restaurant as the load generator needs it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Venue {
     /// The catalog id.
     pub id: String,
@@ -120,6 +125,8 @@ pub struct Venue {
     pub lat: f64,
     /// Position, degrees.
     pub lon: f64,
+    /// When it is open, as the kitchen judges it.
+    pub hours: tiffin_hours::OpeningHours,
 }
 
 /// Returns the index of the venue nearest to (`lat`, `lon`) by great-circle
@@ -131,6 +138,23 @@ pub fn nearest(venues: &[Venue], lat: f64, lon: f64) -> Option<usize> {
         .map(|(index, venue)| (index, haversine_km(lat, lon, venue.lat, venue.lon)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(index, _)| index)
+}
+
+/// Returns the index of the venue nearest to (`lat`, `lon`) among those open at
+/// `local_time` (`YYYY-MM-DDTHH:MM:SS`), or the nearest of all when none is open or
+/// the time does not parse.
+pub fn nearest_open(venues: &[Venue], lat: f64, lon: f64, local_time: &str) -> Option<usize> {
+    let Ok(time) = tiffin_hours::LocalTime::parse(local_time) else {
+        return nearest(venues, lat, lon);
+    };
+    venues
+        .iter()
+        .enumerate()
+        .filter(|(_, venue)| venue.hours.is_open_at(time))
+        .map(|(index, venue)| (index, haversine_km(lat, lon, venue.lat, venue.lon)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(index, _)| index)
+        .or_else(|| nearest(venues, lat, lon))
 }
 
 /// Great-circle distance in kilometres on a sphere of radius 6,371 km (the mean
@@ -184,24 +208,41 @@ mod tests {
         assert_eq!(parse_timestamp("2020-13-01 06:07:00"), None);
     }
 
+    fn venue(id: &str, lat: f64, lon: f64, hours: &str) -> Venue {
+        Venue {
+            id: id.into(),
+            lat,
+            lon,
+            hours: tiffin_hours::OpeningHours::parse(hours).expect("valid hours"),
+        }
+    }
+
     #[test]
     fn nearest_picks_closest_venue() {
         let venues = vec![
-            Venue {
-                id: "far".into(),
-                lat: 60.25,
-                lon: 25.10,
-            },
-            Venue {
-                id: "near".into(),
-                lat: 60.170,
-                lon: 24.941,
-            },
+            venue("far", 60.25, 25.10, "24/7"),
+            venue("near", 60.170, 24.941, "24/7"),
         ];
 
         let index = nearest(&venues, 60.169, 24.940).expect("a venue");
 
         assert_eq!(venues[index].id, "near");
+    }
+
+    #[test]
+    fn nearest_open_skips_closed_venue() {
+        let venues = vec![
+            venue("far-all-night", 60.25, 25.10, "24/7"),
+            venue("near-daytime", 60.170, 24.941, "Mo-Su 10:00-22:00"),
+        ];
+
+        let at_dawn =
+            nearest_open(&venues, 60.169, 24.940, "2020-08-01T06:07:00").expect("a venue");
+        let at_noon =
+            nearest_open(&venues, 60.169, 24.940, "2020-08-01T12:00:00").expect("a venue");
+
+        assert_eq!(venues[at_dawn].id, "far-all-night");
+        assert_eq!(venues[at_noon].id, "near-daytime");
     }
 
     #[test]

@@ -17,10 +17,16 @@ pub struct LoadSummary {
     pub declined: BTreeMap<String, u64>,
     /// Neither 201 nor 402, by status and detail (0 for a transport error).
     pub failed: BTreeMap<String, u64>,
-    /// Placed orders seen in status ready (or later) before the timeout.
+    /// Placed orders whose timeline shows them ready.
     pub reached_ready: u64,
-    /// Placed orders not seen ready before the timeout.
+    /// Placed orders by the final status they reached.
+    pub final_states: BTreeMap<String, u64>,
+    /// Placed orders not final before the timeout.
     pub lost: u64,
+    /// Cancellations requested.
+    pub cancel_requests: u64,
+    /// Cancellations refused with 409 because the order was past cancelling.
+    pub cancel_refused: u64,
     /// HTTP latency of `POST /v1/orders`, milliseconds.
     pub http_p50_ms: f64,
     /// As above.
@@ -76,6 +82,15 @@ impl fmt::Display for LoadSummary {
             writeln!(f, "  {count:>6}  {cause}")?;
         }
         writeln!(f, "reached ready      {}", self.reached_ready)?;
+        writeln!(f, "final states")?;
+        for (status, count) in &self.final_states {
+            writeln!(f, "  {count:>6}  {status}")?;
+        }
+        writeln!(
+            f,
+            "cancel requests    {} ({} too late)",
+            self.cancel_requests, self.cancel_refused
+        )?;
         writeln!(f, "lost               {}", self.lost)?;
         writeln!(
             f,

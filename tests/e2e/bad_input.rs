@@ -1,6 +1,8 @@
 //! Every kind of bad request gets a problem document with the right status and a
 //! detail naming the field, and leaves nothing stored or charged.
 
+use std::time::Duration;
+
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
@@ -307,14 +309,10 @@ async fn declined_card_gives_402_and_no_order() {
     let system = TestSystem::start_with(|settings| settings.processor.decline_rate = 1.0).await;
     let customer = system.customer("broke").await;
     let (restaurant, items) = system.restaurant_with_menu(0).await;
+    let body = order_body(&restaurant, &[&items[0]]);
 
-    let response = system
-        .place(
-            &customer.token,
-            Some("declined"),
-            &order_body(&restaurant, &[&items[0]]),
-        )
-        .await;
+    let response = system.place(&customer.token, Some("declined"), &body).await;
+    let retry = system.place(&customer.token, Some("declined"), &body).await;
 
     expect_problem(
         response,
@@ -324,9 +322,33 @@ async fn declined_card_gives_402_and_no_order() {
         "declined card",
     )
     .await;
+    expect_problem(
+        retry,
+        StatusCode::PAYMENT_REQUIRED,
+        None,
+        "declined",
+        "retried declined card",
+    )
+    .await;
+    let orders = |sql| count_rows(system.dir.path(), "orders", sql);
     assert_eq!(
-        count_rows(system.dir.path(), "orders", "SELECT COUNT(*) FROM orders").await,
-        0
+        orders("SELECT COUNT(*) FROM orders").await,
+        1,
+        "kept so a retry gets the same answer"
+    );
+    assert_eq!(
+        orders("SELECT COUNT(*) FROM orders WHERE status = 'payment_declined'").await,
+        1
+    );
+    assert_eq!(
+        count_rows(
+            system.dir.path(),
+            "payments",
+            "SELECT COUNT(*) FROM payments"
+        )
+        .await,
+        1,
+        "the retry did not try the card again"
     );
     assert_eq!(
         count_rows(
@@ -336,6 +358,16 @@ async fn declined_card_gives_402_and_no_order() {
         )
         .await,
         1
+    );
+    system
+        .system
+        .wait_quiet(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_rows(system.dir.path(), "kitchen", "SELECT COUNT(*) FROM tickets").await,
+        0,
+        "the kitchen never hears of it"
     );
     system.stop().await;
 }

@@ -42,6 +42,10 @@ pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
         time_scale: 3600.0,
         processor: tiffin_payments::ProcessorSettings::default(),
         notify_channel: "log:".to_owned(),
+        reject_rate: 0.0,
+        kitchen_capacity: 25,
+        couriers: 300,
+        fault_exit_after_payment_step: false,
     }
 }
 
@@ -120,17 +124,23 @@ impl TestSystem {
         request.send().await.expect("GET request")
     }
 
-    /// The first restaurant of the catalog with its menu item ids.
+    /// The `skip`-th restaurant without mapped opening hours (so open at noon by
+    /// the default hours) with its menu item ids.
     pub(crate) async fn restaurant_with_menu(&self, skip: usize) -> (String, Vec<String>) {
         let page: Value = self
-            .get(&format!("/v1/restaurants?limit={}", skip + 1), None)
+            .get("/v1/restaurants?limit=100", None)
             .await
             .json()
             .await
             .unwrap();
-        let id = page["items"][skip]["id"]
-            .as_str()
-            .expect("a restaurant")
+        let id = page["items"]
+            .as_array()
+            .expect("restaurants")
+            .iter()
+            .filter(|restaurant| restaurant["opening_hours"].is_null())
+            .nth(skip)
+            .and_then(|restaurant| restaurant["id"].as_str())
+            .expect("a restaurant without mapped hours")
             .to_owned();
         let menu: Value = self
             .get(&format!("/v1/restaurants/{id}/menu"), None)
@@ -159,8 +169,14 @@ impl TestSystem {
         request.send().await.expect("POST /v1/orders")
     }
 
-    /// Polls an order until it is ready (or later), panicking after 30 s.
-    pub(crate) async fn await_ready(&self, token: &str, order_id: &str) {
+    /// Polls an order until its status is one of `statuses` and returns it,
+    /// panicking after 30 s.
+    pub(crate) async fn await_status(
+        &self,
+        token: &str,
+        order_id: &str,
+        statuses: &[&str],
+    ) -> String {
         for _ in 0..300 {
             let status: Value = self
                 .get(&format!("/v1/orders/{order_id}/status"), Some(token))
@@ -168,15 +184,21 @@ impl TestSystem {
                 .json()
                 .await
                 .unwrap();
-            if matches!(
-                status["status"].as_str(),
-                Some("ready" | "picked_up" | "delivered")
-            ) {
-                return;
+            if let Some(status) = status["status"].as_str().filter(|s| statuses.contains(s)) {
+                return status.to_owned();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("order {order_id} did not become ready");
+        panic!("order {order_id} did not reach any of {statuses:?}");
+    }
+
+    pub(crate) async fn cancel(&self, token: &str, order_id: &str) -> Response {
+        self.http
+            .post(self.url(&format!("/v1/orders/{order_id}/cancel")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("cancel request")
     }
 
     pub(crate) async fn stop(self) -> tempfile::TempDir {
@@ -185,12 +207,14 @@ impl TestSystem {
     }
 }
 
-/// An order body for `restaurant` with one of each of `items`.
+/// An order body for `restaurant` with one of each of `items`, placed (for opening
+/// hours) on a Wednesday at noon, so tests do not depend on the clock.
 pub(crate) fn order_body(restaurant: &str, items: &[&str]) -> Value {
     json!({
         "restaurant_id": restaurant,
         "items": items.iter().map(|id| json!({ "menu_item_id": id, "quantity": 1 })).collect::<Vec<_>>(),
         "delivery_address": { "line1": "Mannerheimintie 1", "city": "Helsinki", "lat": 60.17, "lon": 24.94 },
+        "replay_local_time": "2020-08-05T12:00:00",
     })
 }
 

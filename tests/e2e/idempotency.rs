@@ -137,38 +137,44 @@ async fn redelivered_event_changes_nothing() {
         .as_str()
         .unwrap()
         .to_owned();
-    system.await_ready(&customer.token, &order_id).await;
+    system
+        .await_status(&customer.token, &order_id, &["delivered"])
+        .await;
     system
         .system
         .wait_quiet(Duration::from_secs(30))
         .await
         .unwrap();
+    let notifications_before = count_rows(
+        system.dir.path(),
+        "notifications",
+        "SELECT COUNT(*) FROM notifications",
+    )
+    .await;
 
-    // The broker delivers order.placed and order.ready a second time to the
-    // kitchen and notification queues, as it does when an ack is lost.
+    // The broker delivers order.placed to the kitchen and every status change to
+    // notifications a second time, as it does when an ack is lost.
     let bus_url = format!("sqlite://{}/bus.db", system.dir.path().display());
     let bus_db = sqlx::AnyPool::connect(&bus_url).await.unwrap();
     let mut redelivered = 0;
-    for (queue, event_types) in [
-        ("kitchen", "'order.placed'"),
-        ("notifications", "'order.placed', 'order.ready'"),
+    for (queue, event_type) in [
+        ("kitchen", "order.placed"),
+        ("notifications", "order.status_changed"),
     ] {
-        let sql = format!(
+        redelivered += sqlx::query(
             "INSERT INTO queue_messages (queue, seq, attempts, available_at) \
-             SELECT '{queue}', seq, 1, 0 FROM events WHERE subject = $1 AND event_type IN ({event_types})"
-        );
-        redelivered += sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&order_id)
-            .execute(&bus_db)
-            .await
-            .unwrap()
-            .rows_affected();
+             SELECT $1, seq, 1, 0 FROM events WHERE subject = $2 AND event_type = $3",
+        )
+        .bind(queue)
+        .bind(&order_id)
+        .bind(event_type)
+        .execute(&bus_db)
+        .await
+        .unwrap()
+        .rows_affected();
     }
     bus_db.close().await;
-    assert_eq!(
-        redelivered, 3,
-        "order.placed to both queues, order.ready to notifications"
-    );
+    assert_eq!(redelivered, 6, "order.placed once, and five status changes");
     system
         .system
         .wait_quiet(Duration::from_secs(30))
@@ -180,13 +186,17 @@ async fn redelivered_event_changes_nothing() {
         1
     );
     assert_eq!(
+        notifications_before, 5,
+        "placed, accepted, ready, picked up, delivered"
+    );
+    assert_eq!(
         count_rows(
             system.dir.path(),
             "notifications",
             "SELECT COUNT(*) FROM notifications"
         )
         .await,
-        2
+        notifications_before
     );
     system.stop().await;
 }

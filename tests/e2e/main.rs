@@ -7,4 +7,5 @@ mod bad_input;
 mod crash;
 mod helpers;
 mod idempotency;
+mod saga;
 mod whole_system;

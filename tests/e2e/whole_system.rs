@@ -21,7 +21,8 @@ fn replay(target: &str, orders: usize) -> LoadSettings {
         speed: 36_000.0,
         concurrency: 16,
         customers: 5,
-        ready_timeout: Duration::from_secs(60),
+        order_timeout: Duration::from_secs(60),
+        cancel_rate: 0.0,
         run_id: format!("test-{}", uuid::Uuid::now_v7()),
         progress: false,
     }
@@ -36,7 +37,7 @@ async fn settled_counts(system: &TestSystem) -> report::SystemCounts {
         .expect("system settles");
     let mut counts = report::count(system.dir.path()).await.expect("counts");
     for _ in 0..100 {
-        if counts.analytics_orders == counts.placed && counts.reached_ready == counts.placed {
+        if counts.analytics_orders == counts.placed && counts.lost == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -46,7 +47,7 @@ async fn settled_counts(system: &TestSystem) -> report::SystemCounts {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_orders_reach_ready_exactly_once() {
+async fn fifty_orders_end_final_exactly_once() {
     let system = TestSystem::start().await;
     let customer = system.customer("browser").await;
     let page = system
@@ -72,12 +73,20 @@ async fn fifty_orders_reach_ready_exactly_once() {
         .expect("replay runs");
 
     assert_eq!(summary.placed, 50, "load summary: {summary}");
-    assert_eq!(summary.reached_ready, 50);
     assert_eq!(summary.lost, 0);
     assert_eq!(summary.failed_total(), 0);
+    let delivered = summary.final_states.get("delivered").copied().unwrap_or(0);
+    let rejected = summary.final_states.get("rejected").copied().unwrap_or(0);
+    assert_eq!(
+        delivered + rejected,
+        50,
+        "every order delivered or rejected: {summary}"
+    );
+    assert_eq!(summary.reached_ready, delivered);
     let counts = settled_counts(&system).await;
     assert_eq!(counts.placed, 50);
-    assert_eq!(counts.reached_ready, 50);
+    assert_eq!(counts.lost, 0);
+    assert_eq!(counts.reached_ready as u64, delivered);
     assert_eq!(counts.missing_tickets, 0);
     assert_eq!(counts.duplicate_tickets, 0);
     assert_eq!(counts.duplicate_notifications, 0);
@@ -94,8 +103,12 @@ async fn fifty_orders_reach_ready_exactly_once() {
         .await
         .unwrap();
     assert_eq!(figures["orders"], 50);
-    assert_eq!(figures["ready"], 50);
+    assert_eq!(figures["ready"], delivered);
     assert_eq!(figures["revenue_cents"], counts.orders_revenue_cents);
+    let audit = tiffin::audit::audit(system.dir.path(), 30_000)
+        .await
+        .expect("audit runs");
+    assert!(audit.is_clean(), "audit:\n{audit}");
     system.stop().await;
 }
 
@@ -105,7 +118,8 @@ async fn analytics_rebuild_gives_same_figures() {
     let summary = load::run(replay(&system.system.gateway_url, 20))
         .await
         .expect("replay runs");
-    assert_eq!(summary.reached_ready, 20, "load summary: {summary}");
+    assert_eq!(summary.lost, 0, "load summary: {summary}");
+    assert_eq!(summary.failed_total(), 0, "load summary: {summary}");
     let counts = settled_counts(&system).await;
     assert_eq!(counts.analytics_orders, 20);
     let live: Value = system
