@@ -21,10 +21,13 @@
 //! - [`consumer`]: runs a [`Handler`] over a subscription with retries, backoff,
 //!   timeouts, dead-lettering and graceful shutdown.
 //! - [`outbox`] and [`inbox`]: the transactional outbox relay and the idempotent inbox.
+//! - `conformance` (feature `conformance`): the test suite every backend passes.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod api;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod consumer;
 pub mod embedded;
 pub mod envelope;
