@@ -164,7 +164,9 @@ impl Handler for OrderLifecycle {
                 tracing::debug!(%status, "event already reflected in the order status")
             }
             Outcome::Illegal(status) => {
-                tracing::warn!(%status, event = ?order_event, "event contradicts the order status, ignored");
+                // Expected in a saga: the kitchen may accept an order the customer has
+                // just cancelled. The order keeps its status; this is not a fault.
+                tracing::info!(%status, event = ?order_event, "event contradicts the order status, ignored");
             }
             Outcome::UnknownOrder => {
                 // Events are published only after their order commits, so an unknown
