@@ -403,3 +403,61 @@ async fn crash_between_void_and_record_voids_once() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_reports_tampered_payments() {
+    let system = TestSystem::start_with(|settings| settings.time_scale = 60.0).await;
+    let customer = system.customer("audited").await;
+    let (restaurant, items) = system.restaurant_with_menu(0).await;
+    let placed = system
+        .place(
+            &customer.token,
+            Some("audited"),
+            &order_body(&restaurant, &[&items[0]]),
+        )
+        .await;
+    let order_id = placed.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        system.cancel(&customer.token, &order_id).await.status(),
+        StatusCode::OK
+    );
+    audit_clean(&system).await;
+    let dir = system.stop().await;
+
+    // Capture the cancelled order's voided payment behind the saga's back.
+    let url = format!("sqlite://{}/payments.db", dir.path().display());
+    let payments = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE payments SET status = 'CAPTURED', captured_cents = amount_cents WHERE reference = $1")
+        .bind(&order_id)
+        .execute(&payments)
+        .await
+        .unwrap();
+    payments.close().await;
+    let audit = tiffin::audit::audit(dir.path(), 30_000)
+        .await
+        .expect("audit runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_tiffin"))
+        .args(["audit", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("tiffin audit runs");
+
+    assert!(!audit.is_clean());
+    assert!(
+        audit
+            .violations
+            .iter()
+            .any(|v| v.order_id == order_id && v.rule == "ended_order_captured"),
+        "audit:\n{audit}"
+    );
+    assert!(
+        !output.status.success(),
+        "tiffin audit exits non-zero on a violation"
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("JSON output");
+    assert_eq!(printed["violations"][0]["order_id"], order_id.as_str());
+}
