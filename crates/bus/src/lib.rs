@@ -21,6 +21,7 @@
 //! - [`consumer`]: runs a [`Handler`] over a subscription with retries, backoff,
 //!   timeouts, dead-lettering and graceful shutdown.
 //! - [`outbox`] and [`inbox`]: the transactional outbox relay and the idempotent inbox.
+//! - [`split`]: work queues on one engine and the stream on another.
 //! - `conformance` (feature `conformance`): the test suite every backend passes.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+pub mod split;
 
 pub use api::{
     AckError, Bus, PublishError, Publisher, QueueMessage, QueueReceiver, QueueSpec, ReceiveError,

@@ -77,3 +77,42 @@ async fn stream_replays_from_start_offset_and_time() {
 async fn stream_position_survives_reconnect() {
     conformance::stream_position_survives_reconnect(&Embedded::new().await).await;
 }
+
+/// Two embedded logs, one for queues and one for the stream, behind one bus.
+struct Split {
+    queues: EmbeddedBus,
+    stream: EmbeddedBus,
+    _dir: tempfile::TempDir,
+}
+
+impl Split {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let queues = EmbeddedBus::open(&dir.path().join("queues.db"))
+            .await
+            .expect("bus opens");
+        let stream = EmbeddedBus::open(&dir.path().join("stream.db"))
+            .await
+            .expect("bus opens");
+        Self {
+            queues,
+            stream,
+            _dir: dir,
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for Split {
+    async fn connect(&self) -> Arc<dyn Bus> {
+        Arc::new(tiffin_bus::split::SplitBus::new(
+            Arc::new(self.queues.clone()),
+            Arc::new(self.stream.clone()),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn split_bus_meets_the_contract() {
+    conformance::run_all(&Split::new().await, FEATURES).await;
+}
