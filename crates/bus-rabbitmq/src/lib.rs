@@ -1,0 +1,461 @@
+//! Tiffin's message bus on RabbitMQ (AMQP 0-9-1, RabbitMQ 3.10 or newer, no
+//! plugins).
+//!
+//! [`connect`] returns a [`RabbitBus`] that implements [`tiffin_bus::api::Bus`], so
+//! services run on it unchanged.
+//!
+//! # Topology
+//!
+//! - Events go to one durable topic exchange ([`Options::exchange`]) with the event
+//!   type as routing key. Every publish is persistent, `mandatory` and waits for
+//!   publisher confirms, so an event no queue takes is an error, not a silent drop.
+//! - A work-queue group `G` owns three queues. `G` is a durable quorum queue bound
+//!   to each event type pattern of the group (`order.*` becomes `order.#`). `G.retry`
+//!   keeps nacked messages until their delay expires and then dead-letters them back
+//!   to `G`. `G.dead` keeps dead letters, with the reason in the
+//!   `tiffin-dead-letter-reason` header. `G` also has `x-delivery-limit`
+//!   ([`Options::delivery_limit`]) and dead-letters to `G.dead` as a safety net for
+//!   a message that keeps killing its consumer before the runner can settle it.
+//! - The event stream is one stream queue ([`Options::stream`]) bound to `#`. A
+//!   stream group `G` stores its committed offset in `G.offset`, a durable classic
+//!   queue of length 1, because AMQP 0-9-1 has no server-side offset tracking.
+//!
+//! # Reconnecting
+//!
+//! The bus holds one connection. When the broker closes it or it drops, publish and
+//! fetch calls return errors, so the outbox relay and the consumer runner retry with
+//! their own backoff. Each such call also tries to reconnect, at most once per
+//! backoff step: 100 ms after the first failure, doubling up to 5 s. A new
+//! connection declares the exchange and the stream queue again, and each receiver
+//! declares its queues and resumes consuming on its next fetch.
+//!
+//! # Layout
+//!
+//! - `headers`: how an envelope maps onto AMQP properties and headers.
+//! - `queue`: work-queue receivers and how their messages are settled.
+//! - `stream`: stream readers and their committed offsets.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod headers;
+mod queue;
+mod stream;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use async_trait::async_trait;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tiffin_bus::api::{
+    Publisher, QueueReceiver, QueueSpec, StreamReceiver, StreamSpec, SubscribeError, Subscriber,
+};
+use tiffin_bus::{Envelope, PublishError};
+use tiffin_runtime::db::redact;
+use tokio::time::Instant;
+
+/// Delay before the first reconnect attempt after a failure.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
+/// Upper bound of the delay between reconnect attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Names and limits of the RabbitMQ topology.
+///
+/// Every process of a deployment must use the same values: a queue declared again
+/// with other arguments is rejected by the broker (`PRECONDITION_FAILED`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The topic exchange events are published to. Default `tiffin.events`.
+    pub exchange: String,
+    /// The stream queue that keeps every event for stream readers, or `None` for a
+    /// deployment with work queues only, where [`Subscriber::stream`] fails and an
+    /// event no group binds is unroutable. Default `tiffin.stream`.
+    pub stream: Option<String>,
+    /// Messages the broker sends a receiver ahead of its fetches (`basic.qos`).
+    /// Default 32.
+    pub prefetch: u16,
+    /// Deliveries after which a work queue's broker dead-letters a message that was
+    /// never settled (`x-delivery-limit`). Keep it above the consumers'
+    /// `RetryPolicy::max_attempts`, because the runner dead-letters with a reason
+    /// first. Default 20.
+    pub delivery_limit: u32,
+    /// The connection name shown by `rabbitmqctl list_connections`. Default
+    /// `tiffin`.
+    pub connection_name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            exchange: "tiffin.events".to_owned(),
+            stream: Some("tiffin.stream".to_owned()),
+            prefetch: 32,
+            delivery_limit: 20,
+            connection_name: "tiffin".to_owned(),
+        }
+    }
+}
+
+/// Connecting to the broker or declaring the shared topology failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "failed to connect to RabbitMQ at {url}: {source:#}; check that the broker is running, that the user and password are right and that the user may access the virtual host"
+)]
+pub struct ConnectError {
+    /// The broker URL with its password hidden.
+    pub url: String,
+    /// The cause.
+    #[source]
+    pub source: anyhow::Error,
+}
+
+/// Connects to the broker at `url` (`amqp://user:password@host:port/vhost`, the
+/// default virtual host `/` written `%2f`) and declares the exchange and the stream
+/// queue.
+///
+/// # Errors
+///
+/// Fails when the broker cannot be reached, rejects the login or the declarations.
+/// Later connection losses are not fatal: see the crate documentation.
+pub async fn connect(url: &str, options: Options) -> Result<RabbitBus, ConnectError> {
+    let shared = Arc::new(Shared {
+        url: url.to_owned(),
+        redacted: redact(url),
+        options,
+        link: tokio::sync::Mutex::new(Link::default()),
+    });
+    let mut link = shared.link.lock().await;
+    shared
+        .open(&mut link)
+        .await
+        .map_err(|source| ConnectError {
+            url: shared.redacted.clone(),
+            source,
+        })?;
+    drop(link);
+    tracing::info!(url = %shared.redacted, exchange = %shared.options.exchange, "connected to RabbitMQ");
+    Ok(RabbitBus { shared })
+}
+
+/// A bus on one RabbitMQ connection. Cheap to clone: clones share the connection,
+/// which closes when the last clone and the last receiver are dropped.
+#[derive(Debug, Clone)]
+pub struct RabbitBus {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the bus, its receivers and their messages.
+pub(crate) struct Shared {
+    url: String,
+    redacted: String,
+    options: Options,
+    link: tokio::sync::Mutex<Link>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("url", &self.redacted)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection and the confirm-mode channel used for every publish.
+#[derive(Default)]
+struct Link {
+    connection: Option<Connection>,
+    publisher: Option<Channel>,
+    /// Connection attempts failed in a row.
+    failures: u32,
+    /// No new connection attempt before this instant.
+    retry_at: Option<Instant>,
+}
+
+/// A message to publish with confirms.
+pub(crate) struct Outgoing {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+    /// Names the message in errors, for example `event 0190…`.
+    pub(crate) label: String,
+}
+
+impl Shared {
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Ensures `link` has an open connection, opening one when the backoff
+    /// allows.
+    async fn ensure(&self, link: &mut Link) -> anyhow::Result<()> {
+        if link
+            .connection
+            .as_ref()
+            .is_some_and(|connection| connection.status().connected())
+        {
+            return Ok(());
+        }
+        link.connection = None;
+        link.publisher = None;
+        if let Some(retry_at) = link.retry_at {
+            let now = Instant::now();
+            if now < retry_at {
+                bail!(
+                    "the connection to {} is down; next reconnect attempt in {} ms",
+                    self.redacted,
+                    (retry_at - now).as_millis()
+                );
+            }
+        }
+        match self.open(link).await {
+            Ok(()) => {
+                tracing::info!(url = %self.redacted, "reconnected to RabbitMQ");
+                Ok(())
+            }
+            Err(error) => {
+                link.failures += 1;
+                let delay = reconnect_delay(link.failures);
+                link.retry_at = Some(Instant::now() + delay);
+                tracing::warn!(url = %self.redacted, error = %error, retry_in_ms = delay.as_millis() as u64, "failed to reconnect to RabbitMQ");
+                Err(error.context(format!("failed to reconnect to {}", self.redacted)))
+            }
+        }
+    }
+
+    /// Opens a connection and declares the exchange and the stream queue.
+    async fn open(&self, link: &mut Link) -> anyhow::Result<()> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.options.connection_name.as_str().into());
+        let connection = Connection::connect(&self.url, properties).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                self.options.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("failed to declare exchange {}", self.options.exchange))?;
+        if let Some(stream) = &self.options.stream {
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-queue-type".into(), headers::string("stream"));
+            channel
+                .queue_declare(stream.as_str().into(), durable(), arguments)
+                .await
+                .with_context(|| format!("failed to declare stream queue {stream}"))?;
+            channel
+                .queue_bind(
+                    stream.as_str().into(),
+                    self.options.exchange.as_str().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("failed to bind stream queue {stream}"))?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        link.connection = Some(connection);
+        link.publisher = Some(channel);
+        link.failures = 0;
+        link.retry_at = None;
+        Ok(())
+    }
+
+    /// Opens a new channel on the current connection, reconnecting first if needed.
+    pub(crate) async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut link = self.link.lock().await;
+        self.ensure(&mut link).await?;
+        let connection = link
+            .connection
+            .as_ref()
+            .expect("ensure leaves an open connection");
+        Ok(connection.create_channel().await?)
+    }
+
+    /// Returns the confirm-mode channel, opening a new one when the broker closed
+    /// the last (it closes a channel on errors such as a missing exchange).
+    async fn publisher(&self) -> anyhow::Result<Channel> {
+        let mut link = self.link.lock().await;
+        self.ensure(&mut link).await?;
+        if let Some(channel) = &link.publisher
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let connection = link
+            .connection
+            .as_ref()
+            .expect("ensure leaves an open connection");
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        link.publisher = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes `messages` in order and waits until the broker confirmed each.
+    ///
+    /// Messages are `mandatory`, so one that no queue takes comes back as a
+    /// `basic.return` and fails the call.
+    pub(crate) async fn publish(&self, messages: Vec<Outgoing>) -> anyhow::Result<()> {
+        let channel = self.publisher().await?;
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let confirm = channel
+                .basic_publish(
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.payload,
+                    message.properties,
+                )
+                .await
+                .with_context(|| format!("failed to send {}", message.label))?;
+            pending.push((
+                message.label,
+                message.exchange,
+                message.routing_key,
+                confirm,
+            ));
+        }
+        for (label, exchange, routing_key, confirm) in pending {
+            let confirmation = confirm
+                .await
+                .with_context(|| format!("no confirm for {label}"))?;
+            match confirmation {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                    bail!(
+                        "{label} is unroutable: the broker returned it ({} {}) because no queue is bound to routing key {routing_key} on exchange {}",
+                        returned.reply_code,
+                        returned.reply_text,
+                        display_exchange(&exchange),
+                    );
+                }
+                Confirmation::Nack(None) => {
+                    bail!("the broker did not store {label} (negative confirm)")
+                }
+                Confirmation::NotRequested => {
+                    return Err(anyhow!(
+                        "the publish channel is not in confirm mode; {label} is unconfirmed"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Returns the delay before reconnect attempt `failures + 1`: 100 ms doubling per failure,
+/// capped at 5 s.
+fn reconnect_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    RECONNECT_INITIAL
+        .saturating_mul(1 << exponent)
+        .min(RECONNECT_MAX)
+}
+
+fn display_exchange(exchange: &str) -> &str {
+    if exchange.is_empty() {
+        "(default)"
+    } else {
+        exchange
+    }
+}
+
+/// Options of a durable queue declaration.
+pub(crate) fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Returns queue arguments with `x-queue-type` set.
+pub(crate) fn queue_type(kind: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), headers::string(kind));
+    arguments
+}
+
+/// Returns an integer queue argument.
+pub(crate) fn long(value: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(value)
+}
+
+#[async_trait]
+impl Publisher for RabbitBus {
+    async fn publish(&self, events: &[Envelope]) -> Result<(), PublishError> {
+        let messages = events
+            .iter()
+            .map(|envelope| Outgoing {
+                exchange: self.shared.options.exchange.clone(),
+                routing_key: envelope.event_type.clone(),
+                payload: envelope.to_bytes(),
+                properties: headers::properties(envelope),
+                label: format!("event {} of type {}", envelope.id, envelope.event_type),
+            })
+            .collect();
+        self.shared.publish(messages).await.map_err(PublishError)?;
+        tracing::trace!(count = events.len(), "published events");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscriber for RabbitBus {
+    async fn queue(&self, spec: &QueueSpec) -> Result<Box<dyn QueueReceiver>, SubscribeError> {
+        let receiver = queue::RabbitQueue::open(self.shared.clone(), spec)
+            .await
+            .map_err(|source| SubscribeError {
+                group: spec.group.clone(),
+                source,
+            })?;
+        Ok(Box::new(receiver))
+    }
+
+    async fn stream(&self, spec: &StreamSpec) -> Result<Box<dyn StreamReceiver>, SubscribeError> {
+        let receiver = stream::RabbitStream::open(self.shared.clone(), spec)
+            .await
+            .map_err(|source| SubscribeError {
+                group: spec.group.clone(),
+                source,
+            })?;
+        Ok(Box::new(receiver))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_doubles_then_caps() {
+        assert_eq!(reconnect_delay(1), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(2), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(4), Duration::from_millis(800));
+        assert_eq!(reconnect_delay(30), Duration::from_secs(5));
+    }
+}
