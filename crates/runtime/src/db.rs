@@ -48,6 +48,16 @@ pub enum OpenError {
         /// The cause.
         source: sqlx::Error,
     },
+    /// Creating a PostgreSQL database failed.
+    #[error("failed to create database `{name}` on {url}: {source}")]
+    CreateDatabase {
+        /// The database's name.
+        name: String,
+        /// The URL without its password.
+        url: String,
+        /// The cause.
+        source: sqlx::Error,
+    },
     /// A migration failed.
     #[error("failed to migrate {url}: {source}")]
     Migrate {
@@ -169,13 +179,26 @@ impl Database {
     /// because WAL mode cannot upgrade its stale read snapshot. Taking the write lock
     /// up front makes such transactions wait for each other instead.
     ///
+    /// On PostgreSQL the transaction takes a transaction-scoped advisory lock, one per
+    /// database, for the same effect. Without it, READ COMMITTED lets two handlers
+    /// read a row, decide, and both write, so the later commit silently undoes the
+    /// earlier one (an order moved to `delivered` went back to `picked_up`). The
+    /// services' read-decide-write transactions rely on running one at a time, as
+    /// they do on SQLite.
+    ///
     /// # Errors
     ///
-    /// Returns the driver's error when no connection is free in time or `BEGIN` fails.
+    /// Returns the driver's error when no connection is free in time, or `BEGIN` or
+    /// the lock fails.
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.engine {
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Engine::Postgres => self.pool.begin().await,
+            Engine::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                tx.execute("SELECT pg_advisory_xact_lock(7320561) IS NULL")
+                    .await?;
+                Ok(tx)
+            }
         }
     }
 
@@ -183,6 +206,61 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Creates the PostgreSQL database that `url` names unless it exists, and returns
+/// true when it created it.
+///
+/// It connects to the server's `postgres` database with the same credentials, so the
+/// role needs the `CREATEDB` attribute. The name may hold only ASCII letters, digits
+/// and `_`, because it is written into the statement as an identifier.
+///
+/// # Errors
+///
+/// Returns an error when the URL is not a PostgreSQL URL with a valid database name,
+/// the server cannot be reached or the statement fails. Two callers racing to create
+/// the same database may see the loser fail with a unique violation.
+pub async fn create_postgres_database(url: &str) -> Result<bool, OpenError> {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+    let options = PgConnectOptions::from_str(url).map_err(|source| OpenError::Connect {
+        url: redact(url),
+        source,
+    })?;
+    let name = options
+        .get_database()
+        .filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .ok_or_else(|| OpenError::UnsupportedUrl(redact(url)))?
+        .to_owned();
+    let mut admin = PgConnection::connect_with(&options.database("postgres"))
+        .await
+        .map_err(|source| OpenError::Connect {
+            url: redact(url),
+            source,
+        })?;
+    let create_error = |source| OpenError::CreateDatabase {
+        name: name.clone(),
+        url: redact(url),
+        source,
+    };
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(create_error)?;
+    if !exists {
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .await
+            .map_err(create_error)?;
+    }
+    // The connection is discarded either way; a failed goodbye changes nothing.
+    let _ = admin.close().await;
+    Ok(!exists)
 }
 
 /// Returns true when `error` is a unique-constraint violation.
@@ -212,6 +290,25 @@ fn create_parent_dir(url: &str) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// Returns the server URL `url` with its database replaced by `name`, keeping the
+/// credentials and any `?` options: `postgres://u:p@host:5432/a?x=1` with `b` gives
+/// `postgres://u:p@host:5432/b?x=1`. A URL without a path gains `/name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
 /// Hides the password in a database URL so it can be logged.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -237,5 +334,24 @@ mod tests {
             "postgres://tiffin:***@127.0.0.1/orders"
         );
         assert_eq!(redact("sqlite:///tmp/a.db"), "sqlite:///tmp/a.db");
+    }
+
+    #[test]
+    fn with_database_replaces_path() {
+        assert_eq!(
+            with_database(
+                "postgres://u:p@127.0.0.1:5432/postgres?sslmode=disable",
+                "orders"
+            ),
+            "postgres://u:p@127.0.0.1:5432/orders?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn with_database_adds_missing_path() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1", "orders"),
+            "postgres://u:p@127.0.0.1/orders"
+        );
     }
 }

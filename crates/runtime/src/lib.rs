@@ -11,6 +11,7 @@
 //! - [`http`]: the HTTP server (request spans, body limit, health checks, graceful
 //!   shutdown) and the outgoing HTTP client with timeouts.
 //! - [`telemetry`]: the `tracing` subscriber, readable or JSON.
+//! - `testing` (cargo feature `testing`): a fresh PostgreSQL database per test.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,8 @@ pub mod http;
 pub mod json;
 pub mod problem;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod token;
 pub mod trace;

@@ -167,7 +167,7 @@ pub struct RestaurantFigure {
 pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
     let pool = db.pool();
     let totals = sqlx::query(
-        "SELECT COUNT(*) AS orders, COALESCE(SUM(total_cents), 0) AS revenue, \
+        "SELECT COUNT(*) AS orders, CAST(COALESCE(SUM(total_cents), 0) AS BIGINT) AS revenue, \
            COALESCE(MIN(placed_at), 0) AS first_at, COALESCE(MAX(placed_at), 0) AS last_at, \
            MIN(currency) AS currency \
          FROM order_facts WHERE placed_at IS NOT NULL",
@@ -185,9 +185,10 @@ pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
             .fetch_one(pool)
             .await?;
     // AVG returns a float on both engines; read the sum and count instead so the
-    // type is the same everywhere.
+    // type is the same everywhere. PostgreSQL sums BIGINT into NUMERIC, which the Any
+    // driver cannot decode, so every SUM is cast back to BIGINT.
     let preparation = sqlx::query(
-        "SELECT COALESCE(SUM(preparation_ms), 0) AS total, COUNT(preparation_ms) AS n FROM order_facts",
+        "SELECT CAST(COALESCE(SUM(preparation_ms), 0) AS BIGINT) AS total, COUNT(preparation_ms) AS n FROM order_facts",
     )
     .fetch_one(pool)
     .await?;
@@ -202,7 +203,7 @@ pub async fn summary(db: &Database) -> Result<Summary, sqlx::Error> {
     .await?;
 
     let rows = sqlx::query(
-        "SELECT restaurant_id, COUNT(*) AS orders, COALESCE(SUM(total_cents), 0) AS revenue FROM order_facts \
+        "SELECT restaurant_id, COUNT(*) AS orders, CAST(COALESCE(SUM(total_cents), 0) AS BIGINT) AS revenue FROM order_facts \
          WHERE placed_at IS NOT NULL GROUP BY restaurant_id ORDER BY orders DESC, restaurant_id LIMIT 10",
     )
     .fetch_all(pool)

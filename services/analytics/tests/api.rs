@@ -1,6 +1,7 @@
 //! The analytics service against a real embedded bus and SQLite files in a temporary
 //! directory: events go through the bus, figures come back over HTTP, and a rebuild
-//! from the same stream gives the same summary.
+//! from the same stream gives the same summary. One test repeats that on a fresh
+//! PostgreSQL database.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tiffin_events::order::{
 };
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
+use tiffin_runtime::testing::TestDatabase;
 use tokio::task::JoinHandle;
 
 /// How long a test waits for the projection to catch up before it fails.
@@ -33,9 +35,11 @@ const T0: i64 = 28_333_334 * 60_000;
 const MINUTE: i64 = 60_000;
 
 struct Fixture {
-    dir: TempDir,
+    /// Keeps the bus and SQLite files alive as long as the fixture.
+    _dir: TempDir,
     bus: Arc<EmbeddedBus>,
     published: usize,
+    database_url: String,
 }
 
 impl Fixture {
@@ -44,15 +48,24 @@ impl Fixture {
         let bus = EmbeddedBus::open(&dir.path().join("bus.db"))
             .await
             .expect("embedded bus opens");
+        let database_url = Database::sqlite_url(dir.path(), "analytics");
         Self {
-            dir,
+            _dir: dir,
             bus: Arc::new(bus),
             published: 0,
+            database_url,
         }
     }
 
+    /// A fixture whose service keeps its data at `database_url` instead.
+    async fn on(database_url: &str) -> Self {
+        let mut fixture = Self::new().await;
+        fixture.database_url = database_url.to_owned();
+        fixture
+    }
+
     fn database_url(&self) -> String {
-        Database::sqlite_url(self.dir.path(), "analytics")
+        self.database_url.clone()
     }
 
     fn shared_bus(&self) -> Arc<dyn Bus> {
@@ -555,4 +568,25 @@ async fn readyz_returns_ok() {
 
     assert_eq!(response.status(), 200);
     service.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_rebuild_gives_same_summary() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut fixture = Fixture::on(db.url()).await;
+    let service = fixture.start().await;
+    publish_history(&mut fixture).await;
+    service.wait_for_events(fixture.published).await;
+    let live = storage::summary(&service.db).await.expect("summary");
+    service.stop().await;
+
+    let rebuilt = tiffin_analytics::rebuild(&fixture.database_url(), fixture.shared_bus())
+        .await
+        .expect("rebuild succeeds");
+
+    assert_eq!(live, expected_summary());
+    assert_eq!(rebuilt, live);
+    db.close().await;
 }

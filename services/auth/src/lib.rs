@@ -188,9 +188,10 @@ pub async fn create_user(
     password: &str,
     role: tiffin_runtime::token::Role,
 ) -> anyhow::Result<String> {
-    let email = domain::Email::parse(email).map_err(|invalid| anyhow::anyhow!("{}", invalid.detail))?;
-    let password =
-        domain::Password::parse(password.to_owned()).map_err(|invalid| anyhow::anyhow!("{}", invalid.detail))?;
+    let email =
+        domain::Email::parse(email).map_err(|invalid| anyhow::anyhow!("{}", invalid.detail))?;
+    let password = domain::Password::parse(password.to_owned())
+        .map_err(|invalid| anyhow::anyhow!("{}", invalid.detail))?;
     let db = Database::open(database_url, &PoolSettings::default(), &MIGRATOR).await?;
     let password_hash = PasswordHasher::new().await?.hash(password).await?;
     let id = uuid::Uuid::now_v7().to_string();

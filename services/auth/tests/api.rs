@@ -1,4 +1,5 @@
-//! The auth service over real HTTP on 127.0.0.1, with a SQLite file per test.
+//! The auth service over real HTTP on 127.0.0.1, with a SQLite file per test, and its
+//! main path once more on a fresh PostgreSQL database.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,6 +11,7 @@ use tiffin_auth::{Service, Settings};
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
 use tiffin_runtime::problem::Problem;
+use tiffin_runtime::testing::TestDatabase;
 use tiffin_runtime::token::{Jwks, Role, TokenVerifier};
 use tokio::task::JoinHandle;
 
@@ -26,8 +28,13 @@ struct TestApp {
 impl TestApp {
     /// Starts the service on a free port with its database in `dir`.
     async fn spawn(dir: &Path) -> Self {
+        Self::spawn_on(Database::sqlite_url(dir, "auth")).await
+    }
+
+    /// Starts the service on a free port with its database at `database_url`.
+    async fn spawn_on(database_url: String) -> Self {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
-        let settings = Settings::new(addr, Database::sqlite_url(dir, "auth"));
+        let settings = Settings::new(addr, database_url);
         let service = Service::build(settings).await.expect("service builds");
         let base_url = format!("http://{}", service.http_addr());
         let shutdown = CancellationToken::new();
@@ -255,4 +262,20 @@ async fn readyz_is_ok() {
         .expect("request is sent");
 
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn login_works_on_postgres() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let app = TestApp::spawn_on(db.url().to_owned()).await;
+    app.register("eino@example.fi", PASSWORD).await;
+
+    let token = app.token("eino@example.fi", PASSWORD).await;
+
+    let claims = app.verifier().await.verify(&token).expect("token verifies");
+    assert_eq!(claims.role, Role::Customer);
+    app.stop().await;
+    db.close().await;
 }

@@ -1,5 +1,5 @@
 //! The catalog service over real HTTP on 127.0.0.1, with a temporary SQLite file and a
-//! real embedded bus.
+//! real embedded bus. One test runs the main path on a fresh PostgreSQL database.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use tiffin_events::menu::MenuItemUpserted;
 use tiffin_events::restaurant::RestaurantUpserted;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
+use tiffin_runtime::testing::TestDatabase;
 use tokio::task::JoinHandle;
 
 /// A catalog serving on a port of its own, over a database and bus in `dir`.
@@ -40,9 +41,15 @@ impl TestApp {
 
     /// Starts a catalog over the database and bus that `dir` already contains.
     async fn start(dir: TempDir, bus: EmbeddedBus) -> Self {
+        let database_url = Database::sqlite_url(dir.path(), "catalog");
+        Self::start_on(dir, bus, database_url).await
+    }
+
+    /// Starts a catalog over the bus in `dir` and the database at `database_url`.
+    async fn start_on(dir: TempDir, bus: EmbeddedBus, database_url: String) -> Self {
         let settings = Settings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: Database::sqlite_url(dir.path(), "catalog"),
+            database_url,
         };
         let service = Service::build(settings, Arc::new(bus.clone()))
             .await
@@ -513,4 +520,24 @@ async fn first_start_publishes_every_restaurant() {
         arnolds.opening_hours.as_deref(),
         Some("Mo-Fr 08:00-20:00; Sa 09:00-18:00; Su 12:00-18:00")
     );
+}
+
+#[tokio::test]
+async fn postgres_serves_seeded_catalog() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory can be created");
+    let bus = EmbeddedBus::open(&dir.path().join("bus.db"))
+        .await
+        .expect("the bus opens");
+    let app = TestApp::start_on(dir, bus, db.url().to_owned()).await;
+
+    let ids = app.walk_ids("cuisine=PIZZA&limit=50").await;
+
+    assert_eq!(app.menu_items, seed_item_count());
+    assert!(!ids.is_empty());
+    app.wait_for_events(app.menu_items + SEED_RESTAURANTS).await;
+    app.stop().await;
+    db.close().await;
 }

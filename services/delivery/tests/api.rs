@@ -1,5 +1,5 @@
 //! The delivery service against a real embedded bus and SQLite files in a temporary
-//! directory.
+//! directory, and the main path once more on a fresh PostgreSQL database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use tiffin_events::restaurant::RestaurantUpserted;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
 use tiffin_runtime::hash::fnv1a64;
+use tiffin_runtime::testing::TestDatabase;
 use tiffin_runtime::trace::TraceContext;
 use tokio::task::JoinHandle;
 
@@ -781,4 +782,31 @@ async fn invalid_settings_fail_build() {
             "{setting}: error {error}"
         );
     }
+}
+
+#[tokio::test]
+async fn postgres_order_is_delivered() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let fixture = Fixture::new().await;
+    let mut stream = fixture.delivery_events().await;
+    let mut settings = fixture.settings(60_000.0, 3);
+    settings.database_url = db.url().to_owned();
+    let app = fixture.start(settings).await;
+    fixture.add_restaurant("node-1", CENTRE).await;
+    app.wait_for_couriers(3).await;
+
+    fixture
+        .publish(&order_ready("order-1", "node-1", Some(30)))
+        .await;
+    let events = read_until(&mut stream, "order.delivered", 1, EVENT_TIMEOUT).await;
+
+    assert_eq!(types(&events), ["order.picked_up", "order.delivered"]);
+    let delivery = app.delivery("order-1").await.expect("delivery exists");
+    assert_eq!(delivery["status"], "delivered");
+    let couriers = app.couriers().await;
+    assert_eq!(couriers["free"], 3);
+    app.stop().await;
+    db.close().await;
 }

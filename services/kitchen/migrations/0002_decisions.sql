@@ -1,7 +1,10 @@
 -- The kitchen now decides every order: a ticket records a rejection or a cancellation
 -- as well as an acceptance. A rejected ticket, or one cancelled before its order
 -- arrived, was never accepted, so accepted_at and ready_at become nullable. Columns
--- cannot drop NOT NULL portably, so the table is rebuilt and its rows copied.
+-- cannot drop NOT NULL portably, so the table is rebuilt and its rows copied. The new
+-- table is built beside the old one and renamed only after the old one is dropped,
+-- because PostgreSQL keeps constraint and index names (tickets_pkey, tickets_due) on a
+-- renamed table, and a second table named tickets would collide with them.
 --
 -- status is one of:
 --   accepted   the kitchen is preparing the order;
@@ -12,9 +15,7 @@
 -- created_at is when the kitchen decided the order or recorded its cancellation.
 -- stock_taken is the JSON object {menu_item_id: quantity} of the stock rows that
 -- acceptance decremented, so that a cancellation returns exactly that.
-ALTER TABLE tickets RENAME TO tickets_0001;
-
-CREATE TABLE tickets (
+CREATE TABLE tickets_0002 (
     ticket_id               TEXT   PRIMARY KEY,
     order_id                TEXT   NOT NULL UNIQUE,
     restaurant_id           TEXT   NOT NULL,
@@ -34,13 +35,15 @@ CREATE TABLE tickets (
     cancelled_at            BIGINT
 );
 
-INSERT INTO tickets (ticket_id, order_id, restaurant_id, status, lines, traceparent,
-                     created_at, accepted_at, ready_at, ready_at_actual)
+INSERT INTO tickets_0002 (ticket_id, order_id, restaurant_id, status, lines, traceparent,
+                          created_at, accepted_at, ready_at, ready_at_actual)
 SELECT ticket_id, order_id, restaurant_id, status, lines, traceparent,
        accepted_at, accepted_at, ready_at, ready_at_actual
-FROM tickets_0001;
+FROM tickets;
 
-DROP TABLE tickets_0001;
+DROP TABLE tickets;
+
+ALTER TABLE tickets_0002 RENAME TO tickets;
 
 -- The ticket timer looks up accepted tickets by planned ready time.
 CREATE INDEX tickets_due ON tickets (status, ready_at);

@@ -1,4 +1,5 @@
-//! The kitchen against a real embedded bus and SQLite files in a temporary directory.
+//! The kitchen against a real embedded bus and SQLite files in a temporary directory,
+//! and its main path once more on a fresh PostgreSQL database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tiffin_events::restaurant::RestaurantUpserted;
 use tiffin_kitchen::{Service, Settings, Stats};
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
+use tiffin_runtime::testing::TestDatabase;
 use tiffin_runtime::token::{Claims, ISSUER, Jwk, Jwks, Role};
 use tokio::task::JoinHandle;
 
@@ -970,4 +972,23 @@ async fn invalid_limits_fail_build() {
 
         assert!(error.to_string().contains(setting), "error: {error}");
     }
+}
+
+#[tokio::test]
+async fn postgres_order_becomes_ready() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let fixture = Fixture::new().await;
+    let mut stream = fixture.kitchen_events().await;
+    let mut settings = fixture.settings(60_000.0);
+    settings.database_url = db.url().to_owned();
+    let kitchen = fixture.start(settings).await;
+
+    fixture.publish(&order_placed("order-1", Some(30))).await;
+    let events = read_events(&mut stream, "order.ready").await;
+
+    assert_eq!(types(&events), ["order.accepted", "order.ready"]);
+    kitchen.stop().await;
+    db.close().await;
 }

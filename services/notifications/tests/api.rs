@@ -1,5 +1,6 @@
 //! The notifications service against a real embedded bus, SQLite files in a
-//! temporary directory and a fake SMTP server on 127.0.0.1.
+//! temporary directory and a fake SMTP server on 127.0.0.1. One test runs the main path
+//! on a fresh PostgreSQL database.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use tiffin_events::order::{OrderLine, OrderPlaced, OrderStatusChanged};
 use tiffin_notifications::{SendPolicy, Service, Settings, Stats};
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
+use tiffin_runtime::testing::TestDatabase;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -626,4 +628,31 @@ async fn invalid_channel_fails_build() {
     let message = error.to_string();
     assert!(message.contains("channel"), "{message}");
     assert!(message.contains("to_domain"), "{message}");
+}
+
+#[tokio::test]
+async fn postgres_every_status_is_notified() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let fixture = Fixture::new().await;
+    let mut settings = fixture.settings("log:");
+    settings.database_url = db.url().to_owned();
+    let service = fixture.start(settings).await;
+    let statuses = ["placed", "accepted", "ready", "picked_up", "delivered"];
+
+    for status in statuses {
+        fixture
+            .publish(&status_changed("order-1", status, None))
+            .await;
+    }
+    let notifications = service.wait_for("order-1", all_sent(statuses.len())).await;
+
+    let mut notified = order_statuses(&notifications);
+    notified.sort_unstable();
+    let mut expected = statuses.to_vec();
+    expected.sort_unstable();
+    assert_eq!(notified, expected);
+    service.stop().await;
+    db.close().await;
 }

@@ -1,5 +1,6 @@
 //! The payments service over real gRPC on 127.0.0.1, with a SQLite file in a
-//! temporary directory per test. Set `TEST_LOG=1` to see the service's logs.
+//! temporary directory per test, and the main path once more on a fresh PostgreSQL
+//! database. Set `TEST_LOG=1` to see the service's logs.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use tiffin_proto::payments::v1::{
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
 use tiffin_runtime::telemetry::{self, LogFormat};
+use tiffin_runtime::testing::TestDatabase;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -24,13 +26,24 @@ struct TestApp {
 
 impl TestApp {
     async fn spawn(processor: ProcessorSettings) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let database_url = Database::sqlite_url(dir.path(), "payments");
+        Self::spawn_on(processor, database_url, dir).await
+    }
+
+    /// Starts the service on the database at `database_url`; `dir` lives as long as
+    /// the service.
+    async fn spawn_on(
+        processor: ProcessorSettings,
+        database_url: String,
+        dir: tempfile::TempDir,
+    ) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             telemetry::init(LogFormat::Pretty, "debug", std::io::stdout);
         }
-        let dir = tempfile::tempdir().expect("temporary directory");
         let settings = Settings {
             grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
-            database_url: Database::sqlite_url(dir.path(), "payments"),
+            database_url,
             processor,
         };
         let service = Service::build(settings).await.expect("service builds");
@@ -684,4 +697,24 @@ async fn shutdown_stops_run() {
     let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
 
     assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn postgres_authorize_then_capture() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut app = TestApp::spawn_on(ProcessorSettings::default(), db.url().to_owned(), dir).await;
+    let payment = app.authorized_payment().await;
+
+    let captured = app.capture(&payment.payment_id, 2_000).await.unwrap();
+
+    assert_eq!(status_of(&captured), PaymentStatus::Captured);
+    assert_eq!(
+        app.entry_kinds(&payment.payment_id).await,
+        [EntryKind::Authorize, EntryKind::Capture]
+    );
+    app.stop().await.expect("service stops cleanly");
+    db.close().await;
 }
