@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
 
+use crate::system::Databases;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
@@ -115,31 +115,32 @@ struct Payment {
     voids: i64,
 }
 
-async fn open(data_dir: &Path, name: &str) -> anyhow::Result<AnyPool> {
+async fn open(databases: &Databases, name: &str) -> anyhow::Result<AnyPool> {
     sqlx::any::install_default_drivers();
-    let path = data_dir.join(format!("{name}.db"));
-    anyhow::ensure!(
-        path.exists(),
-        "{} does not exist: pass the --data-dir of a system that ran",
-        path.display()
-    );
+    databases.ensure_exists(name)?;
+    let url = databases.read_url(name);
     AnyPoolOptions::new()
         .max_connections(2)
-        .connect(&format!("sqlite://{}?mode=ro", path.display()))
+        .connect(&url)
         .await
-        .with_context(|| format!("failed to open {}", path.display()))
+        .with_context(|| format!("failed to open {}", tiffin_runtime::db::redact(&url)))
 }
 
-/// Audits the system whose files are in `data_dir`. Orders younger than
+/// Audits the system whose databases `databases` locates (a data directory of
+/// SQLite files converts into it). Orders younger than
 /// `time_limit_ms` may still be in progress.
 ///
 /// # Errors
 ///
 /// Fails when a database cannot be read; broken invariants are in the report.
-pub async fn audit(data_dir: &Path, time_limit_ms: i64) -> anyhow::Result<AuditReport> {
-    let orders_db = open(data_dir, "orders").await?;
-    let payments_db = open(data_dir, "payments").await?;
-    let notifications_db = open(data_dir, "notifications").await?;
+pub async fn audit(
+    databases: impl Into<Databases>,
+    time_limit_ms: i64,
+) -> anyhow::Result<AuditReport> {
+    let databases = databases.into();
+    let orders_db = open(&databases, "orders").await?;
+    let payments_db = open(&databases, "payments").await?;
+    let notifications_db = open(&databases, "notifications").await?;
     let mut report = AuditReport::default();
 
     let orders = read_orders(&orders_db).await?;

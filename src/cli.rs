@@ -119,6 +119,19 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 3600.0)]
     pub time_scale: f64,
 
+    /// Keep the services' data on this PostgreSQL server instead of in SQLite files,
+    /// one database per service named `<database>_<service>`, or `tiffin_<service>`
+    /// when the URL names no database or `postgres`. Missing databases are created,
+    /// so the role needs CREATEDB the first time. The event log stays in the data
+    /// directory.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIFFIN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+
     #[command(flatten)]
     pub simulation: SimulationArgs,
 
@@ -189,6 +202,19 @@ pub struct DemoArgs {
     /// deleted at the end.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+
+    /// Keep the services' data on this PostgreSQL server instead of in SQLite files,
+    /// one database per service named `<database>_<service>`, or `tiffin_<service>`
+    /// when the URL names no database or `postgres`. Missing databases are created,
+    /// so the role needs CREATEDB the first time. The event log stays in the data
+    /// directory.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIFFIN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
 
     /// Write the report as JSON to this file.
     #[arg(long)]

@@ -12,7 +12,7 @@ use crate::audit::{self, AuditReport};
 use crate::cli::{DemoArgs, SimulationArgs, UpArgs};
 use crate::load::{self, LoadSettings, LoadSummary};
 use crate::report::{self, SystemCounts};
-use crate::system::{System, SystemSettings};
+use crate::system::{Databases, System, SystemSettings};
 
 fn processor(simulation: &SimulationArgs) -> anyhow::Result<tiffin_payments::ProcessorSettings> {
     for (name, value) in [
@@ -46,6 +46,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     let mut system = System::start(SystemSettings {
         data_dir: args.data.data_dir.clone(),
+        database: args.database.clone(),
         gateway_addr: args.gateway_addr,
         port_base: args.port_base,
         time_scale: args.time_scale,
@@ -62,7 +63,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         system.stop().await;
         return Err(error);
     }
-    println!("Tiffin is ready; data in {}", system.data_dir().display());
+    match system.databases() {
+        Databases::Sqlite(dir) => println!("Tiffin is ready; data in {}", dir.display()),
+        Databases::Postgres { server, prefix } => println!(
+            "Tiffin is ready; events in {}, data in the {prefix}_* databases on {}",
+            system.data_dir().display(),
+            tiffin_runtime::db::redact(server)
+        ),
+    }
     for (name, addr) in &system.addresses {
         let scheme = if *name == "payments" { "grpc" } else { "http" };
         println!("  {name:<14} {scheme}://{addr}");
@@ -151,6 +159,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     );
     let system = System::start(SystemSettings {
         data_dir: data_dir.clone(),
+        database: args.database.clone(),
         gateway_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         port_base: 0,
         time_scale: args.replay.speed,
@@ -204,18 +213,18 @@ async fn replay_and_report(system: &System, args: &DemoArgs) -> anyhow::Result<D
         .await
         .context("the system did not settle after the replay")?;
     // Analytics reads the stream at its own pace; give it a moment to catch up.
-    let mut counts = report::count(system.data_dir()).await?;
+    let mut counts = report::count(system.databases()).await?;
     for _ in 0..50 {
         if counts.analytics_orders == counts.placed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        counts = report::count(system.data_dir()).await?;
+        counts = report::count(system.databases()).await?;
     }
 
     // Every order is final by now, so the audit's time limit only has to cover the
     // payment steps the worker may still be finishing.
-    let audit = audit::audit(system.data_dir(), 30_000).await?;
+    let audit = audit::audit(system.databases(), 30_000).await?;
 
     Ok(DemoReport {
         placed: counts.placed,

@@ -1,13 +1,13 @@
 //! The demo's report, counted from the services' own databases.
 //!
 //! The load generator sees only the API's responses. These figures come from
-//! each service's SQLite file, so they show what the system actually did: one
+//! each service's database, so they show what the system actually did: one
 //! authorization, one ticket and one notification per event for every order, or
 //! the ids of the orders where that failed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
+use crate::system::Databases;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
@@ -68,14 +68,14 @@ impl SystemCounts {
     }
 }
 
-async fn open(data_dir: &Path, name: &str) -> anyhow::Result<AnyPool> {
+async fn open(databases: &Databases, name: &str) -> anyhow::Result<AnyPool> {
     sqlx::any::install_default_drivers();
-    let url = format!("sqlite://{}/{name}.db?mode=ro", data_dir.display());
+    let url = databases.read_url(name);
     AnyPoolOptions::new()
         .max_connections(2)
         .connect(&url)
         .await
-        .with_context(|| format!("failed to open {name}.db in {}", data_dir.display()))
+        .with_context(|| format!("failed to open {}", tiffin_runtime::db::redact(&url)))
 }
 
 /// Counts work not yet done: outbox rows of every service, messages waiting in work
@@ -84,10 +84,14 @@ async fn open(data_dir: &Path, name: &str) -> anyhow::Result<AnyPool> {
 /// # Errors
 ///
 /// Fails when a database cannot be read.
-pub async fn pending_events(data_dir: &Path, bus: &EmbeddedBus) -> anyhow::Result<i64> {
+pub async fn pending_events(
+    databases: impl Into<Databases>,
+    bus: &EmbeddedBus,
+) -> anyhow::Result<i64> {
+    let databases = databases.into();
     let mut pending = bus.pending_messages().await?;
     for service in ["catalog", "orders", "kitchen"] {
-        let pool = open(data_dir, service).await?;
+        let pool = open(&databases, service).await?;
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
             .fetch_one(&pool)
             .await?;
@@ -103,9 +107,10 @@ pub async fn pending_events(data_dir: &Path, bus: &EmbeddedBus) -> anyhow::Resul
 /// # Errors
 ///
 /// Fails when a database cannot be read.
-pub async fn lagging_replicas(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+pub async fn lagging_replicas(databases: impl Into<Databases>) -> anyhow::Result<Vec<String>> {
+    let databases = databases.into();
     let count = async |service: &str, sql: &'static str| -> anyhow::Result<i64> {
-        let pool = open(data_dir, service).await?;
+        let pool = open(&databases, service).await?;
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await?;
         pool.close().await;
         Ok(n)
@@ -152,12 +157,13 @@ pub async fn lagging_replicas(data_dir: &Path) -> anyhow::Result<Vec<String>> {
 /// # Errors
 ///
 /// Fails when a database cannot be read.
-pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
-    let orders_db = open(data_dir, "orders").await?;
-    let kitchen_db = open(data_dir, "kitchen").await?;
-    let notifications_db = open(data_dir, "notifications").await?;
-    let payments_db = open(data_dir, "payments").await?;
-    let analytics_db = open(data_dir, "analytics").await?;
+pub async fn count(databases: impl Into<Databases>) -> anyhow::Result<SystemCounts> {
+    let databases = databases.into();
+    let orders_db = open(&databases, "orders").await?;
+    let kitchen_db = open(&databases, "kitchen").await?;
+    let notifications_db = open(&databases, "notifications").await?;
+    let payments_db = open(&databases, "payments").await?;
+    let analytics_db = open(&databases, "analytics").await?;
     let mut counts = SystemCounts::default();
     let mut problems = Vec::new();
 
@@ -310,7 +316,7 @@ pub async fn count(data_dir: &Path) -> anyhow::Result<SystemCounts> {
         }
     }
 
-    let analytics = sqlx::query("SELECT COUNT(*), COALESCE(SUM(total_cents), 0) FROM order_facts WHERE placed_at IS NOT NULL")
+    let analytics = sqlx::query("SELECT COUNT(*), CAST(COALESCE(SUM(total_cents), 0) AS BIGINT) FROM order_facts WHERE placed_at IS NOT NULL")
         .fetch_one(&analytics_db)
         .await?;
     counts.analytics_orders = analytics.try_get(0)?;

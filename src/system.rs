@@ -1,5 +1,6 @@
 //! The whole system in one process: every service on its own loopback port, each
-//! with its own SQLite file, all sharing the embedded bus.
+//! with its own database (a SQLite file, or a database on one PostgreSQL server), all
+//! sharing the embedded bus.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,8 +17,12 @@ use tokio::task::JoinHandle;
 /// Settings of an all-in-one system.
 #[derive(Debug, Clone)]
 pub struct SystemSettings {
-    /// Directory of the SQLite files.
+    /// Directory of the SQLite files and of the embedded bus's log.
     pub data_dir: PathBuf,
+    /// A PostgreSQL server URL, or `None` for SQLite files in `data_dir`. Each service
+    /// then keeps its data in its own database on that server, named as
+    /// [`Databases::postgres`] describes, and missing databases are created.
+    pub database: Option<String>,
     /// Address of the gateway.
     pub gateway_addr: SocketAddr,
     /// First port of the services behind the gateway, or 0 for free ports.
@@ -39,6 +44,134 @@ pub struct SystemSettings {
     pub fault_exit_after_payment_step: bool,
 }
 
+/// The services whose data the system keeps, one database each.
+pub const SERVICES: [&str; 8] = [
+    "auth",
+    "catalog",
+    "orders",
+    "payments",
+    "kitchen",
+    "delivery",
+    "notifications",
+    "analytics",
+];
+
+/// The locations of a system's service databases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Databases {
+    /// One SQLite file per service, `<dir>/<service>.db`.
+    Sqlite(PathBuf),
+    /// One database per service on a PostgreSQL server, `<prefix>_<service>`.
+    Postgres {
+        /// The server URL, credentials included; its database name is replaced.
+        server: String,
+        /// The start of every database name.
+        prefix: String,
+    },
+}
+
+impl Databases {
+    /// The databases on the PostgreSQL server at `url`.
+    ///
+    /// The URL's database name is the prefix of the services' databases, so that
+    /// several systems can share a server: `postgres://u:p@host/shop` gives `shop_orders`,
+    /// `shop_kitchen` and so on. Without a database name, or with the server's
+    /// maintenance database `postgres`, the prefix is `tiffin` (`tiffin_orders`).
+    pub fn postgres(url: &str) -> Self {
+        let without_query = url.split_once('?').map_or(url, |(base, _)| base);
+        let authority_start = without_query.find("://").map_or(0, |i| i + 3);
+        let name = without_query[authority_start..]
+            .split_once('/')
+            .map_or("", |(_, path)| path);
+        let prefix = if name.is_empty() || name == "postgres" {
+            "tiffin"
+        } else {
+            name
+        };
+        Self::Postgres {
+            server: url.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Returns the URL that `service` opens its database with.
+    pub fn url(&self, service: &str) -> String {
+        match self {
+            Self::Sqlite(dir) => Database::sqlite_url(dir, service),
+            Self::Postgres { server, prefix } => {
+                tiffin_runtime::db::with_database(server, &format!("{prefix}_{service}"))
+            }
+        }
+    }
+
+    /// Returns the URL for reading `service`'s data from outside the service, such as the
+    /// audit: read-only for a SQLite file, so that a missing file fails instead of
+    /// being created empty.
+    pub fn read_url(&self, service: &str) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}/{service}.db?mode=ro", dir.display()),
+            Self::Postgres { .. } => self.url(service),
+        }
+    }
+
+    /// Checks that `service`'s SQLite file exists. For PostgreSQL it checks nothing,
+    /// because connecting to a missing database fails with a clear error anyway.
+    ///
+    /// # Errors
+    ///
+    /// Fails with the missing file's path and a hint.
+    pub fn ensure_exists(&self, service: &str) -> anyhow::Result<()> {
+        if let Self::Sqlite(dir) = self {
+            let path = dir.join(format!("{service}.db"));
+            anyhow::ensure!(
+                path.exists(),
+                "{} does not exist: pass the --data-dir of a system that ran",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the PostgreSQL databases that do not exist yet; does nothing for
+    /// SQLite, whose files the services create themselves.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the server cannot be reached or refuses to create a database.
+    pub async fn create_missing(&self) -> anyhow::Result<()> {
+        if let Self::Postgres { .. } = self {
+            for service in SERVICES {
+                let url = self.url(service);
+                if tiffin_runtime::db::create_postgres_database(&url).await? {
+                    tracing::info!(
+                        database = %tiffin_runtime::db::redact(&url),
+                        "created database"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<&Path> for Databases {
+    fn from(dir: &Path) -> Self {
+        Self::Sqlite(dir.to_owned())
+    }
+}
+
+impl From<&PathBuf> for Databases {
+    fn from(dir: &PathBuf) -> Self {
+        Self::Sqlite(dir.clone())
+    }
+}
+
+impl From<&Databases> for Databases {
+    fn from(databases: &Databases) -> Self {
+        databases.clone()
+    }
+}
+
 /// A running all-in-one system.
 #[derive(Debug)]
 pub struct System {
@@ -47,6 +180,7 @@ pub struct System {
     /// Each service's name and address, in start order.
     pub addresses: Vec<(&'static str, SocketAddr)>,
     data_dir: PathBuf,
+    databases: Databases,
     bus: EmbeddedBus,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -58,8 +192,8 @@ impl System {
     ///
     /// # Errors
     ///
-    /// Fails when a file cannot be opened or a port is taken. Services already
-    /// started are stopped again.
+    /// Fails when a file or database cannot be opened or created, or a port is
+    /// taken. Services already started are stopped again.
     pub async fn start(settings: SystemSettings) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
@@ -70,7 +204,15 @@ impl System {
         let data_dir = settings.data_dir.canonicalize()?;
         let bus = EmbeddedBus::open(&data_dir.join("bus.db")).await?;
         let shared: Arc<dyn Bus> = Arc::new(bus.clone());
-        let url = |name: &str| Database::sqlite_url(&data_dir, name);
+        let databases = match &settings.database {
+            Some(server) => {
+                let databases = Databases::postgres(server);
+                databases.create_missing().await?;
+                databases
+            }
+            None => Databases::Sqlite(data_dir.clone()),
+        };
+        let url = |name: &str| databases.url(name);
         let addr = |offset: u16| {
             let port = if settings.port_base == 0 {
                 0
@@ -84,6 +226,7 @@ impl System {
             gateway_url: String::new(),
             addresses: Vec::new(),
             data_dir: data_dir.clone(),
+            databases: databases.clone(),
             bus,
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
@@ -217,9 +360,15 @@ impl System {
             .push((name, tokio::spawn(run(self.shutdown.clone()))));
     }
 
-    /// The directory of the SQLite files.
+    /// The directory of the embedded bus's log, and of the SQLite files when the
+    /// services use SQLite.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Returns the locations of the services' databases.
+    pub fn databases(&self) -> &Databases {
+        &self.databases
     }
 
     /// The embedded bus.
@@ -261,7 +410,7 @@ impl System {
                 }
             }
             if waiting.is_empty() {
-                let lagging = crate::report::lagging_replicas(&self.data_dir).await?;
+                let lagging = crate::report::lagging_replicas(&self.databases).await?;
                 if lagging.is_empty() {
                     return Ok(());
                 }
@@ -287,7 +436,7 @@ impl System {
     pub async fn wait_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let pending = crate::report::pending_events(&self.data_dir, &self.bus).await?;
+            let pending = crate::report::pending_events(&self.databases, &self.bus).await?;
             if pending == 0 {
                 return Ok(());
             }
@@ -332,5 +481,30 @@ impl System {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_prefix_defaults_to_tiffin() {
+        let databases = Databases::postgres("postgres://u:p@127.0.0.1:5432/postgres");
+
+        assert_eq!(
+            databases.url("orders"),
+            "postgres://u:p@127.0.0.1:5432/tiffin_orders"
+        );
+    }
+
+    #[test]
+    fn postgres_prefix_comes_from_path() {
+        let databases = Databases::postgres("postgres://u:p@127.0.0.1/shop?sslmode=disable");
+
+        assert_eq!(
+            databases.url("kitchen"),
+            "postgres://u:p@127.0.0.1/shop_kitchen?sslmode=disable"
+        );
     }
 }

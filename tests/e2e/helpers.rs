@@ -37,6 +37,7 @@ fn init_logs() {
 pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
     SystemSettings {
         data_dir: dir.to_path_buf(),
+        database: None,
         gateway_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         port_base: 0,
         time_scale: 3600.0,

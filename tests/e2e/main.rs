@@ -7,5 +7,6 @@ mod bad_input;
 mod crash;
 mod helpers;
 mod idempotency;
+mod postgres;
 mod saga;
 mod whole_system;

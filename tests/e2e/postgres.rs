@@ -1,0 +1,102 @@
+//! The whole system with every service on its own PostgreSQL database, replaying real
+//! orders and audited like the SQLite runs.
+//!
+//! The databases are `tiffin_e2e_<uuid>_<service>` on the server that
+//! `TIFFIN_TEST_POSTGRES_URL` names (by default the local one), created by the system
+//! and dropped at the end. Without a server the test prints `skipped: ...` and passes,
+//! except on CI (`CI=true`), where it fails.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Executor};
+use tiffin::load::{self, LoadSettings};
+use tiffin::report;
+use tiffin::system::{Databases, SERVICES};
+
+use crate::helpers::TestSystem;
+
+const DEFAULT_SERVER: &str = "postgres://tiffin:tiffin@127.0.0.1:5432/postgres";
+
+/// Connects to the test server, or returns why it cannot.
+async fn admin() -> Result<(String, PgConnection), String> {
+    let server =
+        std::env::var("TIFFIN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned());
+    let options = PgConnectOptions::from_str(&server).map_err(|error| error.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => Ok((server, conn)),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("no answer within 5 s".to_owned()),
+    }
+}
+
+/// Drops the system's databases, closing connections still open to them.
+async fn drop_databases(conn: &mut PgConnection, databases: &Databases) {
+    let Databases::Postgres { prefix, .. } = databases else {
+        return;
+    };
+    for service in SERVICES {
+        let statement = format!("DROP DATABASE IF EXISTS \"{prefix}_{service}\" WITH (FORCE)");
+        if let Err(error) = conn.execute(sqlx::AssertSqlSafe(statement)).await {
+            eprintln!("failed to drop database {prefix}_{service}: {error}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_orders_audit_clean_on_postgres() {
+    let (server, mut admin) = match admin().await {
+        Ok(found) => found,
+        Err(reason) if std::env::var("CI").is_ok_and(|value| value == "true") => {
+            panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
+        }
+        Err(reason) => {
+            eprintln!("skipped: PostgreSQL is not available: {reason}");
+            return;
+        }
+    };
+    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
+    let base = tiffin_runtime::db::with_database(&server, &prefix);
+    let system = TestSystem::start_with(|settings| settings.database = Some(base.clone())).await;
+    let databases = system.system.databases().clone();
+
+    let summary = load::run(LoadSettings {
+        target: system.system.gateway_url.clone(),
+        limit: 30,
+        skip: 0,
+        speed: 36_000.0,
+        concurrency: 8,
+        customers: 5,
+        order_timeout: Duration::from_secs(60),
+        cancel_rate: 0.0,
+        run_id: format!("test-{}", uuid::Uuid::now_v7()),
+        progress: false,
+    })
+    .await
+    .expect("replay runs");
+    system
+        .system
+        .wait_quiet(Duration::from_secs(60))
+        .await
+        .expect("system settles");
+    let mut counts = report::count(&databases).await.expect("counts");
+    for _ in 0..100 {
+        if counts.analytics_orders == counts.placed && counts.lost == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        counts = report::count(&databases).await.expect("counts");
+    }
+    let audit = tiffin::audit::audit(&databases, 30_000).await;
+
+    // Clean up before asserting, so that a failure leaves no databases behind.
+    system.stop().await;
+    drop_databases(&mut admin, &databases).await;
+
+    assert_eq!(summary.placed, 30, "load summary: {summary}");
+    assert_eq!(summary.failed_total(), 0, "load summary: {summary}");
+    assert!(counts.is_clean(), "counts: {counts:?}");
+    let audit = audit.expect("audit runs");
+    assert!(audit.is_clean(), "audit:\n{audit}");
+}
