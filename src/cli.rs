@@ -61,6 +61,34 @@ pub struct DataDirArg {
     pub data_dir: PathBuf,
 }
 
+/// Where events travel, shared by `up` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// The bus for work queues and the event stream: `embedded:` (a log in the data
+    /// directory), `amqp://USER:PASSWORD@HOST:PORT/VHOST` (RabbitMQ) or
+    /// `nats://HOST:PORT` (NATS JetStream).
+    #[arg(long, default_value = "embedded:", env = "TIFFIN_BUS")]
+    pub bus: String,
+
+    /// The bus for work queues only, overriding --bus.
+    #[arg(long, env = "TIFFIN_QUEUE_BUS")]
+    pub queue_bus: Option<String>,
+
+    /// The bus for the event stream only, overriding --bus.
+    #[arg(long, env = "TIFFIN_STREAM_BUS")]
+    pub stream_bus: Option<String>,
+}
+
+impl BusArgs {
+    /// Returns the queue and stream URLs.
+    pub fn urls(&self) -> (String, String) {
+        (
+            self.queue_bus.clone().unwrap_or_else(|| self.bus.clone()),
+            self.stream_bus.clone().unwrap_or_else(|| self.bus.clone()),
+        )
+    }
+}
+
 /// Settings of the simulation, shared by `up` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct SimulationArgs {
@@ -134,6 +162,9 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub simulation: SimulationArgs,
+
+    #[command(flatten)]
+    pub bus: BusArgs,
 
     /// A fault for tests: exit right after payments confirms a void or capture and
     /// before the order service records it.
@@ -225,6 +256,9 @@ pub struct DemoArgs {
 
     #[command(flatten)]
     pub simulation: SimulationArgs,
+
+    #[command(flatten)]
+    pub bus: BusArgs,
 }
 
 /// `tiffin audit`.

@@ -55,6 +55,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         reject_rate: args.simulation.reject_rate,
         kitchen_capacity: args.simulation.kitchen_capacity,
         couriers: args.simulation.couriers,
+        queue_bus: args.bus.urls().0,
+        stream_bus: args.bus.urls().1,
         fault_exit_after_payment_step: args.fault_exit_after_payment_step,
     })
     .await?;
@@ -168,6 +170,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         reject_rate: args.simulation.reject_rate,
         kitchen_capacity: args.simulation.kitchen_capacity,
         couriers: args.simulation.couriers,
+        queue_bus: args.bus.urls().0,
+        stream_bus: args.bus.urls().1,
         fault_exit_after_payment_step: false,
     })
     .await?;

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - [`system`]: every service in one process on the embedded bus.
+//! - [`system`]: every service in one process, on the embedded bus or a broker.
+//! - [`bus`]: the bus backend chosen by URL.
 //! - [`load`]: the replay of real orders against a gateway.
 //! - [`report`]: figures counted from the services' own databases.
 //! - [`audit`]: the invariants that span services.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bus;
 pub mod cli;
 pub mod demo;
 pub mod load;

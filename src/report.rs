@@ -78,25 +78,35 @@ async fn open(databases: &Databases, name: &str) -> anyhow::Result<AnyPool> {
         .with_context(|| format!("failed to open {}", tiffin_runtime::db::redact(&url)))
 }
 
-/// Counts work not yet done: outbox rows of every service, messages waiting in work
-/// queues, and payment steps the order service has yet to carry out.
+/// Counts work not yet done: outbox rows of every service, payment steps the order
+/// service has yet to carry out, and messages waiting in the embedded bus's work
+/// queues (a broker's queues are not counted).
 ///
 /// # Errors
 ///
 /// Fails when a database cannot be read.
 pub async fn pending_events(
     databases: impl Into<Databases>,
-    bus: &EmbeddedBus,
+    bus: Option<&EmbeddedBus>,
 ) -> anyhow::Result<i64> {
     let databases = databases.into();
-    let mut pending = bus.pending_messages().await?;
-    for service in ["catalog", "orders", "kitchen"] {
+    let mut pending = match bus {
+        Some(bus) => bus.pending_messages().await?,
+        None => 0,
+    };
+    for service in ["catalog", "orders", "kitchen", "delivery"] {
         let pool = open(&databases, service).await?;
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        pending += sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox")
             .fetch_one(&pool)
             .await?;
+        if service == "orders" {
+            pending += sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM payment_actions WHERE status = 'pending'",
+            )
+            .fetch_one(&pool)
+            .await?;
+        }
         pool.close().await;
-        pending += rows;
     }
     Ok(pending)
 }

@@ -39,6 +39,11 @@ pub struct SystemSettings {
     pub kitchen_capacity: u32,
     /// Couriers in the fleet.
     pub couriers: usize,
+    /// The bus for work queues: `embedded:`, `amqp://...` or `nats://...` (see
+    /// [`crate::bus`]).
+    pub queue_bus: String,
+    /// The bus for the event stream; may differ from `queue_bus`.
+    pub stream_bus: String,
     /// Exit after a payment step is confirmed and before it is recorded (a fault
     /// for tests).
     pub fault_exit_after_payment_step: bool,
@@ -181,7 +186,7 @@ pub struct System {
     pub addresses: Vec<(&'static str, SocketAddr)>,
     data_dir: PathBuf,
     databases: Databases,
-    bus: EmbeddedBus,
+    bus: Option<EmbeddedBus>,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -202,8 +207,10 @@ impl System {
             )
         })?;
         let data_dir = settings.data_dir.canonicalize()?;
-        let bus = EmbeddedBus::open(&data_dir.join("bus.db")).await?;
-        let shared: Arc<dyn Bus> = Arc::new(bus.clone());
+        let connected =
+            crate::bus::connect(&settings.queue_bus, &settings.stream_bus, &data_dir).await?;
+        let shared: Arc<dyn Bus> = connected.bus;
+        let bus = connected.embedded;
         let databases = match &settings.database {
             Some(server) => {
                 let databases = Databases::postgres(server);
@@ -372,8 +379,8 @@ impl System {
     }
 
     /// The embedded bus.
-    pub fn bus(&self) -> &EmbeddedBus {
-        &self.bus
+    pub fn bus(&self) -> Option<&EmbeddedBus> {
+        self.bus.as_ref()
     }
 
     /// Waits until every service returns 200 from `/readyz` and every replica holds
@@ -436,7 +443,7 @@ impl System {
     pub async fn wait_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let pending = crate::report::pending_events(&self.databases, &self.bus).await?;
+            let pending = crate::report::pending_events(&self.databases, self.bus.as_ref()).await?;
             if pending == 0 {
                 return Ok(());
             }
@@ -466,7 +473,9 @@ impl System {
                 Err(error) => tracing::error!(service = name, error = %error, "service panicked"),
             }
         }
-        self.bus.close().await;
+        if let Some(bus) = &self.bus {
+            bus.close().await;
+        }
     }
 
     /// Waits until a service stops by itself (a failure) or `shutdown` is cancelled.

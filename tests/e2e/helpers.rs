@@ -46,6 +46,8 @@ pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
         reject_rate: 0.0,
         kitchen_capacity: 25,
         couriers: 300,
+        queue_bus: "embedded:".to_owned(),
+        stream_bus: "embedded:".to_owned(),
         fault_exit_after_payment_step: false,
     }
 }

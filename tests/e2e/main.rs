@@ -4,6 +4,7 @@
 //! Set `TEST_LOG=1` to see the services' logs.
 
 mod bad_input;
+mod brokers;
 mod crash;
 mod helpers;
 mod idempotency;

@@ -1,0 +1,211 @@
+//! The whole system on real brokers: RabbitMQ, NATS JetStream, and queues on one
+//! with the stream on the other. Each test gets its own RabbitMQ virtual host and its
+//! own JetStream stream, and removes them at the end.
+
+use std::time::Duration;
+
+use tiffin::load::{self, LoadSettings};
+
+use crate::helpers::TestSystem;
+
+/// Returns true when the engine at `addr` accepts connections; otherwise fails
+/// under CI and prints why the test is skipped.
+async fn engine_available(name: &str, addr: &str, start: &str) -> bool {
+    if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{name} is not reachable at {addr}; start it with: {start}"
+    );
+    eprintln!("skipped: {name} not reachable at {addr}; start it with: {start}");
+    false
+}
+
+/// A RabbitMQ virtual host for one test, deleted on drop.
+struct Vhost(String);
+
+impl Vhost {
+    fn create() -> Self {
+        let name = format!("tiffin-e2e-{}", uuid::Uuid::now_v7().simple());
+        for args in [
+            vec!["add_vhost", name.as_str()],
+            vec![
+                "set_permissions",
+                "-p",
+                name.as_str(),
+                "guest",
+                ".*",
+                ".*",
+                ".*",
+            ],
+        ] {
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("rabbitmqctl runs");
+            assert!(status.success(), "rabbitmqctl {args:?} failed");
+        }
+        Self(name)
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.0)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.0])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A JetStream stream and subject prefix for one test.
+struct NatsStream {
+    stream: String,
+    prefix: String,
+}
+
+impl NatsStream {
+    fn new() -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        Self {
+            stream: format!("TIFFIN_E2E_{}", &id[id.len() - 12..]),
+            prefix: format!("e2e{}.events", &id[id.len() - 12..]),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "nats://127.0.0.1:4222?stream={}&prefix={}",
+            self.stream, self.prefix
+        )
+    }
+
+    async fn delete(&self) {
+        let options = tiffin_bus_nats::NatsOptions {
+            stream: self.stream.clone(),
+            subject_prefix: self.prefix.clone(),
+            ..Default::default()
+        };
+        if let Ok(bus) = tiffin_bus_nats::connect("nats://127.0.0.1:4222", options).await {
+            let _ = bus.delete_streams().await;
+        }
+    }
+}
+
+/// Replays orders with every path mixed in and checks that all end final, nothing
+/// failed, and the audit is clean.
+async fn replay_and_audit(system: &TestSystem) {
+    let summary = load::run(LoadSettings {
+        target: system.system.gateway_url.clone(),
+        limit: 30,
+        skip: 300,
+        speed: 3600.0,
+        concurrency: 16,
+        customers: 4,
+        order_timeout: Duration::from_secs(60),
+        cancel_rate: 0.1,
+        run_id: format!("brokers-{}", uuid::Uuid::now_v7()),
+        progress: false,
+    })
+    .await
+    .expect("replay runs");
+    assert_eq!(summary.lost, 0, "load summary: {summary}");
+    assert_eq!(summary.failed_total(), 0, "load summary: {summary}");
+
+    // Broker queues are not counted by wait_quiet, so poll the audit until the last
+    // notifications and payment steps have landed.
+    system
+        .system
+        .wait_quiet(Duration::from_secs(60))
+        .await
+        .expect("system settles");
+    let mut audit = tiffin::audit::audit(system.dir.path(), 30_000)
+        .await
+        .expect("audit runs");
+    for _ in 0..100 {
+        if audit.is_clean() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        audit = tiffin::audit::audit(system.dir.path(), 30_000)
+            .await
+            .expect("audit runs");
+    }
+    assert!(audit.is_clean(), "audit:\n{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_system_on_rabbitmq() {
+    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+        return;
+    }
+    let vhost = Vhost::create();
+    let url = vhost.url();
+    let system = TestSystem::start_with(|settings| {
+        settings.queue_bus = url.clone();
+        settings.stream_bus = url.clone();
+        settings.reject_rate = 0.1;
+    })
+    .await;
+
+    replay_and_audit(&system).await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_system_on_nats() {
+    if !engine_available(
+        "NATS",
+        "127.0.0.1:4222",
+        "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server",
+    )
+    .await
+    {
+        return;
+    }
+    let stream = NatsStream::new();
+    let url = stream.url();
+    let system = TestSystem::start_with(|settings| {
+        settings.queue_bus = url.clone();
+        settings.stream_bus = url.clone();
+        settings.reject_rate = 0.1;
+    })
+    .await;
+
+    replay_and_audit(&system).await;
+    system.stop().await;
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queues_on_rabbitmq_stream_on_nats() {
+    let rabbitmq =
+        engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await;
+    let nats = engine_available(
+        "NATS",
+        "127.0.0.1:4222",
+        "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server",
+    )
+    .await;
+    if !(rabbitmq && nats) {
+        return;
+    }
+    let vhost = Vhost::create();
+    let stream = NatsStream::new();
+    let (queue_url, stream_url) = (vhost.url(), stream.url());
+    let system = TestSystem::start_with(|settings| {
+        settings.queue_bus = queue_url.clone();
+        settings.stream_bus = stream_url.clone();
+    })
+    .await;
+
+    replay_and_audit(&system).await;
+    system.stop().await;
+    stream.delete().await;
+}
