@@ -267,8 +267,20 @@ impl StreamReceiver for RabbitStream {
             };
             if let Some(message) = self.message(&delivery).map_err(ReceiveError)? {
                 messages.push(message);
+                last_delivery = Some(delivery);
+            } else {
+                // A skipped delivery (another group's event type) returns its credit
+                // at once: waiting for the end of the batch would stall a reader
+                // that skips a whole prefetch window until the fetch times out.
+                // Acking it covers every earlier delivery too, so nothing older may be
+                // acked after it.
+                delivery
+                    .acker
+                    .ack(BasicAckOptions { multiple: true })
+                    .await
+                    .map_err(|e| ReceiveError(e.into()))?;
+                last_delivery = None;
             }
-            last_delivery = Some(delivery);
         }
 
         // Acks only return credit to a stream consumer; one for the batch will do.
