@@ -33,6 +33,9 @@ pub enum LogFormatArg {
 pub enum Command {
     /// Run every service in this process with embedded storage and bus, until Ctrl-C.
     Up(UpArgs),
+    /// Run one service in this process, against a broker and a database that other
+    /// processes share: the distributed topology.
+    Serve(ServeArgs),
     /// Replay real orders against a running gateway and report what happened.
     Load(LoadArgs),
     /// Start the whole system, replay real orders through it, report and exit.
@@ -172,6 +175,67 @@ pub struct UpArgs {
     pub fault_exit_after_payment_step: bool,
 }
 
+/// `tiffin serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The service: payments, auth, catalog, orders, kitchen, delivery,
+    /// notifications, analytics or gateway.
+    pub service: String,
+
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// A PostgreSQL server URL; the service keeps its data in its own database there,
+    /// named as for `tiffin up --database` and created when missing. Without it, a
+    /// SQLite file in the data directory.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIFFIN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+
+    #[command(flatten)]
+    pub bus: BusArgs,
+
+    /// Address to listen on. Defaults to the service's port from --port-base, or
+    /// --gateway-addr for the gateway.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+
+    /// Address of the gateway.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway_addr: SocketAddr,
+
+    /// First port of the other services, as for `tiffin up`; each peer is expected
+    /// on 127.0.0.1 at its port unless --peer names another address.
+    #[arg(long, default_value_t = 8081)]
+    pub port_base: u16,
+
+    /// Where another service listens, as NAME=HOST:PORT, for example
+    /// `auth=10.0.0.5:8081`. Repeat for each peer that is not at its default port.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub peers: Vec<(String, SocketAddr)>,
+
+    /// How many times faster than real time simulated durations run.
+    #[arg(long, default_value_t = 3600.0)]
+    pub time_scale: f64,
+
+    #[command(flatten)]
+    pub simulation: SimulationArgs,
+}
+
+fn parse_peer(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=HOST:PORT"))?;
+    let addr = addr
+        .parse()
+        .map_err(|error| format!("`{addr}` in --peer {text} is not HOST:PORT: {error}"))?;
+    Ok((name.to_owned(), addr))
+}
+
 /// Settings of a replay, shared by `load` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
@@ -250,6 +314,11 @@ pub struct DemoArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+
+    /// Run every service as its own process (`tiffin serve`) instead of all in this
+    /// one. Needs a broker: --bus amqp://... or nats://...
+    #[arg(long)]
+    pub distributed: bool,
 
     #[command(flatten)]
     pub replay: ReplayArgs,

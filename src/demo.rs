@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
+use tiffin_bus::embedded::EmbeddedBus;
 
 use crate::audit::{self, AuditReport};
 use crate::cli::{DemoArgs, SimulationArgs, UpArgs};
@@ -14,7 +15,9 @@ use crate::load::{self, LoadSettings, LoadSummary};
 use crate::report::{self, SystemCounts};
 use crate::system::{Databases, System, SystemSettings};
 
-fn processor(simulation: &SimulationArgs) -> anyhow::Result<tiffin_payments::ProcessorSettings> {
+pub(crate) fn processor(
+    simulation: &SimulationArgs,
+) -> anyhow::Result<tiffin_payments::ProcessorSettings> {
     for (name, value) in [
         ("--decline-rate", simulation.decline_rate),
         ("--payment-error-rate", simulation.payment_error_rate),
@@ -159,8 +162,26 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         "Starting Tiffin in {} (seeding the catalog on first start)...",
         data_dir.display()
     );
+    let report = if args.distributed {
+        crate::serve::demo_distributed(&args, &data_dir).await?
+    } else {
+        run_in_process(&args, &data_dir).await?
+    };
+
+    print_report(&report);
+    if let Some(path) = &args.report {
+        write_json(path, &report)?;
+        eprintln!("Report written to {}", path.display());
+    }
+    if args.data_dir.is_some() {
+        eprintln!("Data kept in {}", data_dir.display());
+    }
+    Ok(report.clean)
+}
+
+async fn run_in_process(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<DemoReport> {
     let system = System::start(SystemSettings {
-        data_dir: data_dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         database: args.database.clone(),
         gateway_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         port_base: 0,
@@ -175,31 +196,33 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         fault_exit_after_payment_step: false,
     })
     .await?;
-    let outcome = replay_and_report(&system, &args).await;
+    let outcome = replay_and_report(&system, args).await;
     eprintln!("Stopping...");
     system.stop().await;
-    let report = outcome?;
-
-    print_report(&report);
-    if let Some(path) = &args.report {
-        write_json(path, &report)?;
-        eprintln!("Report written to {}", path.display());
-    }
-    if args.data_dir.is_some() {
-        eprintln!("Data kept in {}", data_dir.display());
-    }
-    Ok(report.clean)
+    outcome
 }
 
 async fn replay_and_report(system: &System, args: &DemoArgs) -> anyhow::Result<DemoReport> {
     system.wait_ready(Duration::from_secs(120)).await?;
+    replay_and_count(&system.gateway_url, system.databases(), system.bus(), args).await
+}
+
+/// Replays the orders through `gateway_url`, waits for the system to settle and
+/// counts what the databases hold. `embedded` is the embedded bus, whose queues count
+/// as unsettled work; a broker's queues are waited out through the audit instead.
+pub(crate) async fn replay_and_count(
+    gateway_url: &str,
+    databases: &Databases,
+    embedded: Option<&EmbeddedBus>,
+    args: &DemoArgs,
+) -> anyhow::Result<DemoReport> {
     eprintln!(
         "Replaying {} real orders through {} at {}x real time...",
-        args.orders, system.gateway_url, args.replay.speed
+        args.orders, gateway_url, args.replay.speed
     );
 
     let summary = load::run(LoadSettings {
-        target: system.gateway_url.clone(),
+        target: gateway_url.to_owned(),
         limit: args.orders,
         skip: args.replay.skip,
         speed: args.replay.speed,
@@ -212,23 +235,23 @@ async fn replay_and_report(system: &System, args: &DemoArgs) -> anyhow::Result<D
     })
     .await?;
 
-    system
-        .wait_quiet(Duration::from_secs(60))
+    crate::system::wait_quiet(databases, embedded, Duration::from_secs(60))
         .await
         .context("the system did not settle after the replay")?;
-    // Analytics reads the stream at its own pace; give it a moment to catch up.
-    let mut counts = report::count(system.databases()).await?;
-    for _ in 0..50 {
-        if counts.analytics_orders == counts.placed {
+    // Analytics and notifications read at their own pace (and a broker's queues are
+    // not counted above): give them up to 10 s to agree.
+    let mut counts = report::count(databases).await?;
+    // Every order is final by now, so the audit's time limit only has to cover the
+    // payment steps the worker may still be finishing.
+    let mut audit = audit::audit(databases, 30_000).await?;
+    for _ in 0..100 {
+        if counts.analytics_orders == counts.placed && audit.is_clean() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        counts = report::count(system.databases()).await?;
+        counts = report::count(databases).await?;
+        audit = audit::audit(databases, 30_000).await?;
     }
-
-    // Every order is final by now, so the audit's time limit only has to cover the
-    // payment steps the worker may still be finishing.
-    let audit = audit::audit(system.databases(), 30_000).await?;
 
     Ok(DemoReport {
         placed: counts.placed,

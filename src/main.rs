@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
     // `up` is a server and logs its lifecycle; the other commands print their own
     // progress and log only problems.
     let default_filter = match cli.command {
-        Command::Up(_) => "info,sqlx=warn",
+        Command::Up(_) | Command::Serve(_) => "info,sqlx=warn",
         _ => "warn,sqlx=error",
     };
     telemetry::init(format, default_filter, std::io::stderr);
@@ -45,6 +45,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Up(args) => demo::up(args).await.map(|()| true),
         Command::Demo(args) => demo::demo(args).await,
+        Command::Serve(args) => tiffin::serve::serve(args).await.map(|()| true),
         Command::Load(args) => {
             let summary = load::run(load::LoadSettings {
                 target: args.target.clone(),

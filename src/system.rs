@@ -12,6 +12,8 @@ use tiffin_bus::api::Bus;
 use tiffin_bus::embedded::EmbeddedBus;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
+
+use crate::services::{self, START_ORDER, Topology};
 use tokio::task::JoinHandle;
 
 /// Settings of an all-in-one system.
@@ -254,106 +256,33 @@ impl System {
         url: &dyn Fn(&str) -> String,
         addr: &dyn Fn(u16) -> SocketAddr,
     ) -> anyhow::Result<()> {
-        let payments = tiffin_payments::Service::build(tiffin_payments::Settings {
-            grpc_addr: addr(3),
-            database_url: url("payments"),
-            processor: settings.processor.clone(),
-        })
-        .await
-        .context("failed to start payments")?;
-        let payments_addr = payments.grpc_addr();
-        self.spawn("payments", payments_addr, |token| payments.run(token));
-
-        let auth = tiffin_auth::Service::build(tiffin_auth::Settings::new(addr(0), url("auth")))
+        let mut topology = Topology::default();
+        for service in START_ORDER {
+            let listen = match service {
+                "gateway" => settings.gateway_addr,
+                other => addr(port_offset(other)),
+            };
+            let database_url = if service == "gateway" {
+                String::new()
+            } else {
+                url(service)
+            };
+            let built = services::build(
+                service,
+                listen,
+                &topology,
+                settings,
+                database_url,
+                bus.clone(),
+            )
             .await
-            .context("failed to start auth")?;
-        let auth_addr = auth.http_addr();
-        self.spawn("auth", auth_addr, |token| auth.run(token));
-
-        let catalog = tiffin_catalog::Service::build(
-            tiffin_catalog::Settings {
-                http_addr: addr(1),
-                database_url: url("catalog"),
-            },
-            bus.clone(),
-        )
-        .await
-        .context("failed to start catalog")?;
-        let catalog_addr = catalog.http_addr();
-        self.spawn("catalog", catalog_addr, |token| catalog.run(token));
-
-        let jwks_url = format!("http://{auth_addr}/v1/auth/jwks");
-        let mut orders_settings = tiffin_orders::Settings::new(
-            addr(2),
-            url("orders"),
-            jwks_url.clone(),
-            format!("http://{payments_addr}"),
-        );
-        orders_settings.fault_exit_after_payment_step = settings.fault_exit_after_payment_step;
-        let orders = tiffin_orders::Service::build(orders_settings, bus.clone())
-            .await
-            .context("failed to start orders")?;
-        let orders_addr = orders.http_addr();
-        self.spawn("orders", orders_addr, |token| orders.run(token));
-
-        let mut kitchen_settings = tiffin_kitchen::Settings::new(addr(4), url("kitchen"));
-        kitchen_settings.time_scale = settings.time_scale;
-        kitchen_settings.jwks_url = Some(jwks_url);
-        kitchen_settings.reject_rate = settings.reject_rate;
-        kitchen_settings.capacity_per_restaurant = settings.kitchen_capacity;
-        let kitchen = tiffin_kitchen::Service::build(kitchen_settings, bus.clone())
-            .await
-            .context("failed to start kitchen")?;
-        let kitchen_addr = kitchen.http_addr();
-        self.spawn("kitchen", kitchen_addr, |token| kitchen.run(token));
-
-        let mut delivery_settings = tiffin_delivery::Settings::new(addr(7), url("delivery"));
-        delivery_settings.time_scale = settings.time_scale;
-        delivery_settings.couriers = settings.couriers;
-        let delivery = tiffin_delivery::Service::build(delivery_settings, bus.clone())
-            .await
-            .context("failed to start delivery")?;
-        let delivery_addr = delivery.http_addr();
-        self.spawn("delivery", delivery_addr, |token| delivery.run(token));
-
-        let mut notifications_settings =
-            tiffin_notifications::Settings::new(addr(5), url("notifications"));
-        notifications_settings.channel = settings.notify_channel.clone();
-        let notifications =
-            tiffin_notifications::Service::build(notifications_settings, bus.clone())
-                .await
-                .context("failed to start notifications")?;
-        let notifications_addr = notifications.http_addr();
-        self.spawn("notifications", notifications_addr, |token| {
-            notifications.run(token)
-        });
-
-        let analytics = tiffin_analytics::Service::build(
-            tiffin_analytics::Settings::new(addr(6), url("analytics")),
-            bus,
-        )
-        .await
-        .context("failed to start analytics")?;
-        let analytics_addr = analytics.http_addr();
-        self.spawn("analytics", analytics_addr, |token| analytics.run(token));
-
-        let gateway = tiffin_gateway::Service::build(tiffin_gateway::Settings::new(
-            settings.gateway_addr,
-            tiffin_gateway::Upstreams {
-                auth: format!("http://{auth_addr}"),
-                catalog: format!("http://{catalog_addr}"),
-                orders: format!("http://{orders_addr}"),
-                kitchen: format!("http://{kitchen_addr}"),
-                delivery: format!("http://{delivery_addr}"),
-                notifications: format!("http://{notifications_addr}"),
-                analytics: format!("http://{analytics_addr}"),
-            },
-        ))
-        .await
-        .context("failed to start the gateway")?;
-        let gateway_addr = gateway.http_addr();
-        self.gateway_url = format!("http://{gateway_addr}");
-        self.spawn("gateway", gateway_addr, |token| gateway.run(token));
+            .with_context(|| format!("failed to start {service}"))?;
+            topology.set(service, built.addr);
+            if service == "gateway" {
+                self.gateway_url = format!("http://{}", built.addr);
+            }
+            self.spawn(service, built.addr, built.run);
+        }
         Ok(())
     }
 
@@ -441,20 +370,7 @@ impl System {
     ///
     /// Fails when that does not happen within `timeout`.
     pub async fn wait_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let pending = crate::report::pending_events(&self.databases, self.bus.as_ref()).await?;
-            if pending == 0 {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "{pending} events still undelivered after {} s",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_quiet(&self.databases, self.bus.as_ref(), timeout).await
     }
 
     /// A token that stops the system when cancelled.
@@ -490,6 +406,49 @@ impl System {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+}
+
+/// The port of `service` relative to `--port-base`, in the order the command line
+/// documents: auth, catalog, orders, payments, kitchen, notifications, analytics,
+/// delivery.
+pub fn port_offset(service: &str) -> u16 {
+    match service {
+        "auth" => 0,
+        "catalog" => 1,
+        "orders" => 2,
+        "payments" => 3,
+        "kitchen" => 4,
+        "notifications" => 5,
+        "analytics" => 6,
+        _ => 7,
+    }
+}
+
+/// Waits until no work is left: every outbox empty, no payment step pending, and the
+/// embedded bus's queues drained when there is one.
+///
+/// # Errors
+///
+/// Fails when that does not happen within `timeout`.
+pub async fn wait_quiet(
+    databases: &Databases,
+    embedded: Option<&EmbeddedBus>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let pending = crate::report::pending_events(databases, embedded).await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{pending} events still undelivered after {} s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -128,16 +128,70 @@ async fn replay_and_audit(system: &TestSystem) {
     let mut audit = tiffin::audit::audit(system.dir.path(), 30_000)
         .await
         .expect("audit runs");
-    for _ in 0..100 {
-        if audit.is_clean() {
+    let mut counts = tiffin::report::count(system.dir.path())
+        .await
+        .expect("counts");
+    for _ in 0..150 {
+        if audit.is_clean() && counts.analytics_orders == counts.placed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         audit = tiffin::audit::audit(system.dir.path(), 30_000)
             .await
             .expect("audit runs");
+        counts = tiffin::report::count(system.dir.path())
+            .await
+            .expect("counts");
     }
     assert!(audit.is_clean(), "audit:\n{audit}");
+    assert_eq!(
+        counts.analytics_orders, counts.placed,
+        "analytics read every order from the stream"
+    );
+    assert_eq!(counts.analytics_revenue_cents, counts.orders_revenue_cents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_demo_on_rabbitmq() {
+    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+        return;
+    }
+    let vhost = Vhost::create();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tiffin"))
+        .args(["demo", "--distributed", "--orders", "30", "--skip", "500"])
+        .args([
+            "--reject-rate",
+            "0.1",
+            "--cancel-rate",
+            "0.1",
+            "--bus",
+            &vhost.url(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .await
+        .expect("tiffin demo runs");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["clean"], true);
+    assert_eq!(
+        report["audit"]["violations"].as_array().map(Vec::len),
+        Some(0)
+    );
+    for service in tiffin::services::START_ORDER {
+        let log = dir.path().join("data/logs").join(format!("{service}.log"));
+        assert!(log.exists(), "{service} ran as its own process");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,324 @@
+//! `tiffin serve`: one service per process, and `tiffin demo --distributed`, which
+//! starts every service that way.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tiffin_runtime::CancellationToken;
+use tokio::process::{Child, Command};
+
+use crate::cli::{DemoArgs, ServeArgs};
+use crate::demo::DemoReport;
+use crate::services::{self, START_ORDER, Topology};
+use crate::system::{Databases, SystemSettings, port_offset};
+
+/// The first wait before trying again to start, and the longest wait.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Runs one service until Ctrl-C or SIGTERM.
+///
+/// While its database or broker cannot be reached it logs why and tries again, after
+/// 0.5 s, doubling up to 30 s, instead of exiting.
+///
+/// # Errors
+///
+/// Fails on settings that no retry can fix: an unknown service or an embedded bus.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        START_ORDER.contains(&args.service.as_str()),
+        "unknown service `{}`: choose one of {}",
+        args.service,
+        START_ORDER.join(", ")
+    );
+    let (queue_url, stream_url) = args.bus.urls();
+    anyhow::ensure!(
+        !queue_url.starts_with("embedded:") && !stream_url.starts_with("embedded:"),
+        "tiffin serve needs a broker that other processes share: pass --bus amqp://... or --bus nats://... \
+         (the embedded bus belongs to one process; use tiffin up for that)"
+    );
+    std::fs::create_dir_all(&args.data.data_dir)
+        .with_context(|| format!("failed to create {}", args.data.data_dir.display()))?;
+    let data_dir = args.data.data_dir.canonicalize()?;
+
+    let mut topology = Topology::default();
+    for service in START_ORDER {
+        let addr = match service {
+            "gateway" => args.gateway_addr,
+            other => SocketAddr::from((Ipv4Addr::LOCALHOST, args.port_base + port_offset(other))),
+        };
+        topology.set(service, addr);
+    }
+    for (name, addr) in &args.peers {
+        topology.set(name, *addr);
+    }
+    let listen = args.listen.unwrap_or(topology.addr(&args.service)?);
+    let databases = match &args.database {
+        Some(server) => Databases::postgres(server),
+        None => Databases::Sqlite(data_dir.clone()),
+    };
+    let settings = SystemSettings {
+        data_dir: data_dir.clone(),
+        database: args.database.clone(),
+        gateway_addr: args.gateway_addr,
+        port_base: args.port_base,
+        time_scale: args.time_scale,
+        processor: crate::demo::processor(&args.simulation)?,
+        notify_channel: args.simulation.notify_channel.clone(),
+        reject_rate: args.simulation.reject_rate,
+        kitchen_capacity: args.simulation.kitchen_capacity,
+        couriers: args.simulation.couriers,
+        queue_bus: queue_url.clone(),
+        stream_bus: stream_url.clone(),
+        fault_exit_after_payment_step: false,
+    };
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let mut delay = RETRY_FIRST;
+    let built = loop {
+        let attempt = async {
+            if args.service != "gateway"
+                && let Databases::Postgres { .. } = databases
+            {
+                tiffin_runtime::db::create_postgres_database(&databases.url(&args.service)).await?;
+            }
+            let bus = crate::bus::connect(&queue_url, &stream_url, &data_dir).await?;
+            let database_url = if args.service == "gateway" {
+                String::new()
+            } else {
+                databases.url(&args.service)
+            };
+            services::build(
+                &args.service,
+                listen,
+                &topology,
+                &settings,
+                database_url,
+                bus.bus,
+            )
+            .await
+        };
+        match attempt.await {
+            Ok(built) => break built,
+            Err(error) => {
+                tracing::warn!(service = %args.service, error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "failed to start, waiting for its dependencies");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    };
+
+    let scheme = if args.service == "payments" {
+        "grpc"
+    } else {
+        "http"
+    };
+    println!("{} listening on {scheme}://{}", args.service, built.addr);
+    let outcome = (built.run)(shutdown).await;
+    println!("{} stopped", args.service);
+    outcome
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM; only Ctrl-C stops the service");
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutdown requested: finishing in-flight work and flushing the outbox");
+        shutdown.cancel();
+    });
+}
+
+/// The service processes of a distributed run.
+struct Processes {
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Processes {
+    /// Asks every process to stop (SIGTERM), waits up to 15 s each, then kills.
+    async fn stop(mut self) {
+        for (_, child) in &self.children {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+        }
+        for (name, child) in &mut self.children {
+            match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(service = *name, "did not stop within 15 s; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// Picks a free loopback port per service.
+fn free_ports() -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
+    let mut listeners = Vec::new();
+    for service in START_ORDER {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        listeners.push((service, listener.local_addr()?, listener));
+    }
+    // The ports are free again once the listeners drop; another process could take
+    // one in between, which start-up then reports as a bind error.
+    Ok(listeners
+        .into_iter()
+        .map(|(service, addr, _)| (service, addr))
+        .collect())
+}
+
+/// Runs `tiffin demo --distributed`: every service as its own `tiffin serve`
+/// process, then the same replay, report and audit as the all-in-one demo.
+///
+/// # Errors
+///
+/// Fails when a process cannot start or the system does not become ready.
+pub async fn demo_distributed(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<DemoReport> {
+    let (queue_url, stream_url) = args.bus.urls();
+    anyhow::ensure!(
+        !queue_url.starts_with("embedded:") && !stream_url.starts_with("embedded:"),
+        "--distributed needs a broker that the processes share: pass --bus amqp://... or --bus nats://..."
+    );
+    std::fs::create_dir_all(data_dir.join("logs"))?;
+    let ports = free_ports()?;
+    let peers: Vec<String> = ports
+        .iter()
+        .map(|(name, addr)| format!("{name}={addr}"))
+        .collect();
+    let exe = std::env::current_exe().context("failed to find the tiffin executable")?;
+
+    let mut processes = Processes {
+        children: Vec::new(),
+    };
+    for (service, addr) in &ports {
+        let log = std::fs::File::create(data_dir.join("logs").join(format!("{service}.log")))?;
+        let mut command = Command::new(&exe);
+        command
+            .args([
+                "serve",
+                service,
+                "--listen",
+                &addr.to_string(),
+                "--queue-bus",
+                &queue_url,
+                "--stream-bus",
+                &stream_url,
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--time-scale", &args.replay.speed.to_string()])
+            .args(["--decline-rate", &args.simulation.decline_rate.to_string()])
+            .args([
+                "--payment-error-rate",
+                &args.simulation.payment_error_rate.to_string(),
+            ])
+            .args([
+                "--payment-latency-ms",
+                &args.simulation.payment_latency_ms.to_string(),
+            ])
+            .args(["--reject-rate", &args.simulation.reject_rate.to_string()])
+            .args([
+                "--kitchen-capacity",
+                &args.simulation.kitchen_capacity.to_string(),
+            ])
+            .args(["--couriers", &args.simulation.couriers.to_string()])
+            .args(["--notify-channel", &args.simulation.notify_channel])
+            .args(["--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(database) = &args.database {
+            command.args(["--database", database]);
+        }
+        for peer in &peers {
+            command.args(["--peer", peer]);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("failed to start {service}"))?;
+        processes.children.push((service, child));
+    }
+    eprintln!(
+        "Started {} service processes; logs in {}",
+        processes.children.len(),
+        data_dir.join("logs").display()
+    );
+
+    let databases = match &args.database {
+        Some(server) => Databases::postgres(server),
+        None => Databases::Sqlite(data_dir.to_path_buf()),
+    };
+    let gateway = ports
+        .iter()
+        .find(|(name, _)| *name == "gateway")
+        .map(|(_, addr)| *addr)
+        .expect("the gateway is a service");
+    let outcome = async {
+        wait_distributed_ready(&format!("http://{gateway}"), &databases, &mut processes).await?;
+        crate::demo::replay_and_count(&format!("http://{gateway}"), &databases, None, args).await
+    }
+    .await;
+    eprintln!("Stopping the service processes...");
+    processes.stop().await;
+    outcome
+}
+
+/// Waits until the gateway reports every upstream ready and every replica holds the
+/// catalog, failing early when a process exits.
+async fn wait_distributed_ready(
+    gateway: &str,
+    databases: &Databases,
+    processes: &mut Processes,
+) -> anyhow::Result<()> {
+    let client = tiffin_runtime::http::client(Duration::from_secs(3))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        for (name, child) in &mut processes.children {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("service {name} exited with {status} during start-up; see its log");
+            }
+        }
+        let gateway_ready = client
+            .get(format!("{gateway}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if gateway_ready {
+            let lagging = crate::report::lagging_replicas(databases)
+                .await
+                .unwrap_or_else(|error| vec![error.to_string()]);
+            if lagging.is_empty() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the distributed system was not ready within 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
