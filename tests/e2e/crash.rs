@@ -1,76 +1,17 @@
 //! A crash with events in flight: the `tiffin up` process is killed with SIGKILL
 //! and started again on the same data directory.
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use crate::helpers::{UpProcess, order_body};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-use crate::helpers::order_body;
-
-struct Running {
-    child: Child,
-    gateway: String,
-    notifications: String,
-}
-
-/// Starts `tiffin up` on free ports and waits for its ready line.
-async fn start(dir: &std::path::Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tiffin"))
-        .args([
-            "up",
-            "--gateway-addr",
-            "127.0.0.1:0",
-            "--port-base",
-            "0",
-            "--time-scale",
-            "600",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tiffin up starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut gateway, mut notifications) = (String::new(), String::new());
-    let reading = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["gateway", url] => gateway = (*url).to_owned(),
-                ["notifications", url] => notifications = (*url).to_owned(),
-                _ if line.starts_with("Clients use the gateway") => return,
-                _ => {}
-            }
-        }
-        panic!("tiffin up exited before it was ready");
-    };
-    tokio::time::timeout(Duration::from_secs(120), reading)
-        .await
-        .expect("tiffin up becomes ready");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Running {
-        child,
-        gateway,
-        notifications,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_process_resumes_without_loss_or_doubles() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut running = start(dir.path()).await;
+    let mut running = UpProcess::start(dir.path(), &["--time-scale", "600"]).await;
     let credentials =
         json!({ "email": "crash@test.tiffin.dev", "password": "correct horse battery" });
     let registered = http
@@ -146,7 +87,7 @@ async fn killed_process_resumes_without_loss_or_doubles() {
     running.child.kill().await.expect("SIGKILL");
     let _ = running.child.wait().await;
 
-    let running = start(dir.path()).await;
+    let running = UpProcess::start(dir.path(), &["--time-scale", "600"]).await;
     for order_id in &order_ids {
         let mut ready = false;
         for _ in 0..300 {

@@ -233,3 +233,63 @@ pub(crate) async fn count_rows(dir: &std::path::Path, service: &str, sql: &'stat
     pool.close().await;
     count
 }
+
+/// A `tiffin up` child process, killed when dropped.
+pub(crate) struct UpProcess {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) gateway: String,
+    pub(crate) notifications: String,
+}
+
+impl UpProcess {
+    /// Starts `tiffin up` on free ports over `dir` with `extra` arguments, and waits
+    /// for the line that says it is ready.
+    pub(crate) async fn start(dir: &std::path::Path, extra: &[&str]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tiffin"))
+            .args([
+                "up",
+                "--gateway-addr",
+                "127.0.0.1:0",
+                "--port-base",
+                "0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tiffin up starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut gateway, mut notifications) = (String::new(), String::new());
+        let reading = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["gateway", url] => gateway = (*url).to_owned(),
+                    ["notifications", url] => notifications = (*url).to_owned(),
+                    _ if line.starts_with("Clients use the gateway") => return,
+                    _ => {}
+                }
+            }
+            panic!("tiffin up exited before it was ready");
+        };
+        tokio::time::timeout(Duration::from_secs(120), reading)
+            .await
+            .expect("tiffin up becomes ready");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            gateway,
+            notifications,
+        }
+    }
+}

@@ -1,16 +1,14 @@
 //! The order saga across services: rejections, cancellations and declines mixed,
 //! cancellation semantics and races, and a crash in the middle of a compensation.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tiffin::load::{self, LoadSettings};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::helpers::{TestSystem, count_rows, order_body};
+use crate::helpers::{TestSystem, UpProcess, count_rows, order_body};
 
 async fn audit_clean(system: &TestSystem) {
     system
@@ -237,56 +235,16 @@ async fn cancel_racing_ready_ends_consistent() {
     system.stop().await;
 }
 
-/// Starts `tiffin up` on free ports with extra arguments and returns the child and
-/// the gateway URL once it is ready.
-async fn start_up(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tiffin"))
-        .args([
-            "up",
-            "--gateway-addr",
-            "127.0.0.1:0",
-            "--port-base",
-            "0",
-            "--time-scale",
-            "3600",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tiffin up starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut gateway = String::new();
-    let reading = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let ["gateway", url] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                gateway = (*url).to_owned();
-            }
-            if line.starts_with("Clients use the gateway") {
-                return;
-            }
-        }
-        panic!("tiffin up exited before it was ready");
-    };
-    tokio::time::timeout(Duration::from_secs(120), reading)
-        .await
-        .expect("tiffin up becomes ready");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, gateway)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_between_void_and_record_voids_once() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let (mut child, gateway) = start_up(dir.path(), &["--fault-exit-after-payment-step"]).await;
+    let up = UpProcess::start(
+        dir.path(),
+        &["--time-scale", "3600", "--fault-exit-after-payment-step"],
+    )
+    .await;
+    let (mut child, gateway) = (up.child, up.gateway);
     let credentials =
         json!({ "email": "crash@test.tiffin.dev", "password": "correct horse battery" });
     http.post(format!("{gateway}/v1/auth/register"))
@@ -362,7 +320,9 @@ async fn crash_between_void_and_record_voids_once() {
     .await;
     assert_eq!(pending, 1, "the void is sent but not recorded");
 
-    let (child, _gateway) = start_up(dir.path(), &[]).await;
+    let child = UpProcess::start(dir.path(), &["--time-scale", "3600"])
+        .await
+        .child;
     let mut audit = tiffin::audit::audit(dir.path(), 30_000)
         .await
         .expect("audit runs");
