@@ -148,14 +148,209 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
     });
 }
 
-/// The service processes of a distributed run.
-struct Processes {
+/// Every service as its own `tiffin serve` process: the distributed topology on one
+/// machine, for `demo --distributed` and for fault tests that kill and restart
+/// single services.
+#[derive(Debug)]
+pub struct Cluster {
+    exe: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+    /// The arguments every `serve` process gets besides its service and address.
+    common: Vec<String>,
+    ports: Vec<(&'static str, SocketAddr)>,
     children: Vec<(&'static str, Child)>,
+    databases: Databases,
 }
 
-impl Processes {
+impl Cluster {
+    /// Starts every service process with the settings of `args` over `data_dir`,
+    /// running this same executable as `tiffin serve`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the bus is embedded (processes cannot share it) or a process
+    /// cannot be spawned.
+    pub async fn start(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("failed to find the tiffin executable")?;
+        Self::start_with(&exe, args, data_dir).await
+    }
+
+    /// Like [`Cluster::start`], running `exe` as the `tiffin` executable (tests run
+    /// from another binary).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Cluster::start`].
+    pub async fn start_with(exe: &Path, args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Self> {
+        let (queue_url, stream_url) = args.bus.urls();
+        anyhow::ensure!(
+            !queue_url.starts_with("embedded:") && !stream_url.starts_with("embedded:"),
+            "--distributed needs a broker that the processes share: pass --bus amqp://... or --bus nats://..."
+        );
+        std::fs::create_dir_all(data_dir.join("logs"))?;
+        let data_dir = data_dir.canonicalize()?;
+        let ports = free_ports()?;
+        let simulation = &args.simulation;
+        let mut common: Vec<String> = vec![
+            "--queue-bus".into(),
+            queue_url,
+            "--stream-bus".into(),
+            stream_url,
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--time-scale".into(),
+            args.replay.speed.to_string(),
+            "--decline-rate".into(),
+            simulation.decline_rate.to_string(),
+            "--payment-error-rate".into(),
+            simulation.payment_error_rate.to_string(),
+            "--payment-latency-ms".into(),
+            simulation.payment_latency_ms.to_string(),
+            "--reject-rate".into(),
+            simulation.reject_rate.to_string(),
+            "--kitchen-capacity".into(),
+            simulation.kitchen_capacity.to_string(),
+            "--couriers".into(),
+            simulation.couriers.to_string(),
+            "--notify-channel".into(),
+            simulation.notify_channel.clone(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        if let Some(database) = &args.database {
+            common.extend(["--database".to_owned(), database.clone()]);
+        }
+        for (name, addr) in &ports {
+            common.extend(["--peer".to_owned(), format!("{name}={addr}")]);
+        }
+        let mut cluster = Self {
+            exe: exe.to_path_buf(),
+            databases: match &args.database {
+                Some(server) => Databases::postgres(server),
+                None => Databases::Sqlite(data_dir.clone()),
+            },
+            data_dir,
+            common,
+            ports,
+            children: Vec::new(),
+        };
+        for service in START_ORDER {
+            cluster.spawn(service)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, service: &'static str) -> anyhow::Result<()> {
+        let addr = self.addr(service);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("logs").join(format!("{service}.log")))?;
+        let child = Command::new(&self.exe)
+            .args(["serve", service, "--listen", &addr.to_string()])
+            .args(&self.common)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("failed to start {service}"))?;
+        self.children.retain(|(name, _)| *name != service);
+        self.children.push((service, child));
+        Ok(())
+    }
+
+    fn addr(&self, service: &str) -> SocketAddr {
+        self.ports
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, addr)| *addr)
+            .expect("every service has a port")
+    }
+
+    /// The gateway's base URL.
+    pub fn gateway_url(&self) -> String {
+        format!("http://{}", self.addr("gateway"))
+    }
+
+    /// The services' databases.
+    pub fn databases(&self) -> &Databases {
+        &self.databases
+    }
+
+    /// The directory of the processes' logs.
+    pub fn logs_dir(&self) -> std::path::PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// Waits until the gateway reports every upstream ready and every replica holds
+    /// the catalog, failing early when a process exits.
+    ///
+    /// # Errors
+    ///
+    /// Fails after `timeout` or when a process has exited.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let client = tiffin_runtime::http::client(Duration::from_secs(3))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for (name, child) in &mut self.children {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!(
+                        "service {name} exited with {status} during start-up; see its log"
+                    );
+                }
+            }
+            let gateway_ready = client
+                .get(format!("{}/readyz", self.gateway_url()))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if gateway_ready {
+                let lagging = crate::report::lagging_replicas(&self.databases)
+                    .await
+                    .unwrap_or_else(|error| vec![error.to_string()]);
+                if lagging.is_empty() {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the distributed system was not ready within {} s",
+                timeout.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Kills one service's process with SIGKILL, as a crash would.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the service is not running.
+    pub async fn kill(&mut self, service: &str) -> anyhow::Result<()> {
+        let (_, child) = self
+            .children
+            .iter_mut()
+            .find(|(name, _)| *name == service)
+            .with_context(|| format!("service {service} is not running"))?;
+        child.kill().await?;
+        Ok(())
+    }
+
+    /// Starts a killed service again on the same port.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the service name is unknown or the process cannot be spawned.
+    pub fn restart(&mut self, service: &str) -> anyhow::Result<()> {
+        let service = START_ORDER
+            .into_iter()
+            .find(|name| *name == service)
+            .with_context(|| format!("unknown service {service}"))?;
+        self.spawn(service)
+    }
+
     /// Asks every process to stop (SIGTERM), waits up to 15 s each, then kills.
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         for (_, child) in &self.children {
             if let Some(pid) = child.id() {
                 let _ = Command::new("kill")
@@ -165,12 +360,12 @@ impl Processes {
             }
         }
         for (name, child) in &mut self.children {
-            match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    tracing::warn!(service = *name, "did not stop within 15 s; killing it");
-                    let _ = child.kill().await;
-                }
+            if tokio::time::timeout(Duration::from_secs(15), child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(service = *name, "did not stop within 15 s; killing it");
+                let _ = child.kill().await;
             }
         }
     }
@@ -198,127 +393,17 @@ fn free_ports() -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
 ///
 /// Fails when a process cannot start or the system does not become ready.
 pub async fn demo_distributed(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<DemoReport> {
-    let (queue_url, stream_url) = args.bus.urls();
-    anyhow::ensure!(
-        !queue_url.starts_with("embedded:") && !stream_url.starts_with("embedded:"),
-        "--distributed needs a broker that the processes share: pass --bus amqp://... or --bus nats://..."
-    );
-    std::fs::create_dir_all(data_dir.join("logs"))?;
-    let ports = free_ports()?;
-    let peers: Vec<String> = ports
-        .iter()
-        .map(|(name, addr)| format!("{name}={addr}"))
-        .collect();
-    let exe = std::env::current_exe().context("failed to find the tiffin executable")?;
-
-    let mut processes = Processes {
-        children: Vec::new(),
-    };
-    for (service, addr) in &ports {
-        let log = std::fs::File::create(data_dir.join("logs").join(format!("{service}.log")))?;
-        let mut command = Command::new(&exe);
-        command
-            .args([
-                "serve",
-                service,
-                "--listen",
-                &addr.to_string(),
-                "--queue-bus",
-                &queue_url,
-                "--stream-bus",
-                &stream_url,
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--time-scale", &args.replay.speed.to_string()])
-            .args(["--decline-rate", &args.simulation.decline_rate.to_string()])
-            .args([
-                "--payment-error-rate",
-                &args.simulation.payment_error_rate.to_string(),
-            ])
-            .args([
-                "--payment-latency-ms",
-                &args.simulation.payment_latency_ms.to_string(),
-            ])
-            .args(["--reject-rate", &args.simulation.reject_rate.to_string()])
-            .args([
-                "--kitchen-capacity",
-                &args.simulation.kitchen_capacity.to_string(),
-            ])
-            .args(["--couriers", &args.simulation.couriers.to_string()])
-            .args(["--notify-channel", &args.simulation.notify_channel])
-            .args(["--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        if let Some(database) = &args.database {
-            command.args(["--database", database]);
-        }
-        for peer in &peers {
-            command.args(["--peer", peer]);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("failed to start {service}"))?;
-        processes.children.push((service, child));
-    }
+    let mut cluster = Cluster::start(args, data_dir).await?;
     eprintln!(
-        "Started {} service processes; logs in {}",
-        processes.children.len(),
-        data_dir.join("logs").display()
+        "Started every service as its own process; logs in {}",
+        cluster.logs_dir().display()
     );
-
-    let databases = match &args.database {
-        Some(server) => Databases::postgres(server),
-        None => Databases::Sqlite(data_dir.to_path_buf()),
-    };
-    let gateway = ports
-        .iter()
-        .find(|(name, _)| *name == "gateway")
-        .map(|(_, addr)| *addr)
-        .expect("the gateway is a service");
     let outcome = async {
-        wait_distributed_ready(&format!("http://{gateway}"), &databases, &mut processes).await?;
-        crate::demo::replay_and_count(&format!("http://{gateway}"), &databases, None, args).await
+        cluster.wait_ready(Duration::from_secs(180)).await?;
+        crate::demo::replay_and_count(&cluster.gateway_url(), cluster.databases(), None, args).await
     }
     .await;
     eprintln!("Stopping the service processes...");
-    processes.stop().await;
+    cluster.stop().await;
     outcome
-}
-
-/// Waits until the gateway reports every upstream ready and every replica holds the
-/// catalog, failing early when a process exits.
-async fn wait_distributed_ready(
-    gateway: &str,
-    databases: &Databases,
-    processes: &mut Processes,
-) -> anyhow::Result<()> {
-    let client = tiffin_runtime::http::client(Duration::from_secs(3))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        for (name, child) in &mut processes.children {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("service {name} exited with {status} during start-up; see its log");
-            }
-        }
-        let gateway_ready = client
-            .get(format!("{gateway}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|response| response.status().is_success());
-        if gateway_ready {
-            let lagging = crate::report::lagging_replicas(databases)
-                .await
-                .unwrap_or_else(|error| vec![error.to_string()]);
-            if lagging.is_empty() {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the distributed system was not ready within 180 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
