@@ -9,6 +9,11 @@ use tiffin::load::{self, LoadSettings};
 
 use crate::helpers::TestSystem;
 
+/// Held shared by every test here that uses RabbitMQ, and exclusively by the test
+/// that restarts it, so the restart never cuts into another test of this binary.
+/// (Cargo runs test binaries one after another, so other binaries are not affected.)
+static RABBITMQ: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Returns true when the engine at `addr` accepts connections; otherwise fails
 /// under CI and prints why the test is skipped.
 async fn engine_available(name: &str, addr: &str, start: &str) -> bool {
@@ -154,6 +159,7 @@ async fn replay_and_audit(system: &TestSystem) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_demo_on_rabbitmq() {
+    let _shared = RABBITMQ.read().await;
     if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
         return;
     }
@@ -197,6 +203,7 @@ async fn distributed_demo_on_rabbitmq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_system_on_rabbitmq() {
+    let _shared = RABBITMQ.read().await;
     if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
         return;
     }
@@ -240,6 +247,7 @@ async fn whole_system_on_nats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queues_on_rabbitmq_stream_on_nats() {
+    let _shared = RABBITMQ.read().await;
     let rabbitmq =
         engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await;
     let nats = engine_available(
@@ -267,6 +275,7 @@ async fn queues_on_rabbitmq_stream_on_nats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_kitchen_killed_mid_flight() {
+    let _shared = RABBITMQ.read().await;
     if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
         return;
     }
@@ -419,4 +428,164 @@ async fn distributed_kitchen_killed_mid_flight() {
         "one ticket per order, none doubled by redelivery"
     );
     assert_eq!(orders_with_tickets, 15);
+}
+
+/// Places `count` orders through `gateway` with about one second of preparation at
+/// 600 times real time, and returns their ids.
+async fn place_slow_orders(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    count: usize,
+    tag: &str,
+) -> Vec<String> {
+    let page: serde_json::Value = http
+        .get(format!("{gateway}/v1/restaurants?limit=100"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let restaurants: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["opening_hours"].is_null())
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .take(5)
+        .collect();
+    let mut orders = Vec::new();
+    for n in 0..count {
+        let restaurant = &restaurants[n % restaurants.len()];
+        let menu: serde_json::Value = http
+            .get(format!("{gateway}/v1/restaurants/{restaurant}/menu"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut body =
+            crate::helpers::order_body(restaurant, &[menu["items"][0]["id"].as_str().unwrap()]);
+        body["replay_delivery_minutes"] = serde_json::json!(25);
+        let placed = http
+            .post(format!("{gateway}/v1/orders"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", format!("{tag}-{n}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(placed.status(), reqwest::StatusCode::CREATED);
+        orders.push(
+            placed.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    orders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_survives_broker_restart() {
+    let _exclusive = RABBITMQ.write().await;
+    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+        return;
+    }
+    let vhost = Vhost::create();
+    let dir = tempfile::tempdir().unwrap();
+    let url = vhost.url();
+    let cli = tiffin::cli::Cli::try_parse_from([
+        "tiffin",
+        "demo",
+        "--distributed",
+        "--bus",
+        &url,
+        "--speed",
+        "600",
+    ])
+    .expect("demo arguments parse");
+    let tiffin::cli::Command::Demo(args) = cli.command else {
+        unreachable!("parsed as demo");
+    };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tiffin"));
+    let mut cluster = tiffin::serve::Cluster::start_with(exe, &args, dir.path())
+        .await
+        .expect("processes start");
+    cluster
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .expect("cluster becomes ready");
+    let gateway = cluster.gateway_url();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let credentials = serde_json::json!({ "email": "restart@test.tiffin.dev", "password": "correct horse battery" });
+    http.post(format!("{gateway}/v1/auth/register"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    let login: serde_json::Value = http
+        .post(format!("{gateway}/v1/auth/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let mut orders = place_slow_orders(&http, &gateway, &token, 10, "before").await;
+
+    let rabbitmqctl = |command: &str| {
+        let status = std::process::Command::new("rabbitmqctl")
+            .arg(command)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl {command} failed");
+    };
+    rabbitmqctl("stop_app");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rabbitmqctl("start_app");
+    orders.extend(place_slow_orders(&http, &gateway, &token, 10, "after").await);
+
+    for order_id in &orders {
+        let mut status = String::new();
+        for _ in 0..900 {
+            let body: serde_json::Value = http
+                .get(format!("{gateway}/v1/orders/{order_id}/status"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            status = body["status"].as_str().unwrap_or_default().to_owned();
+            if status == "delivered" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            status, "delivered",
+            "order {order_id} survived the broker restart"
+        );
+    }
+    let mut audit = tiffin::audit::audit(cluster.databases(), 30_000)
+        .await
+        .expect("audit runs");
+    for _ in 0..100 {
+        if audit.is_clean() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        audit = tiffin::audit::audit(cluster.databases(), 30_000)
+            .await
+            .expect("audit runs");
+    }
+    cluster.stop().await;
+    assert!(audit.is_clean(), "audit:\n{audit}");
 }
