@@ -273,6 +273,111 @@ async fn queues_on_rabbitmq_stream_on_nats() {
     stream.delete().await;
 }
 
+/// A running distributed system on RabbitMQ with one logged-in customer.
+struct Distributed {
+    cluster: tiffin::serve::Cluster,
+    gateway: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Distributed {
+    /// Starts every service as its own process on `bus_url` at 600 times real time,
+    /// and registers and logs in a customer.
+    async fn start(dir: &std::path::Path, bus_url: &str, email: &str) -> Self {
+        let cli = tiffin::cli::Cli::try_parse_from([
+            "tiffin",
+            "demo",
+            "--distributed",
+            "--bus",
+            bus_url,
+            "--speed",
+            "600",
+        ])
+        .expect("demo arguments parse");
+        let tiffin::cli::Command::Demo(args) = cli.command else {
+            unreachable!("parsed as demo");
+        };
+        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tiffin"));
+        let mut cluster = tiffin::serve::Cluster::start_with(exe, &args, dir)
+            .await
+            .expect("processes start");
+        cluster
+            .wait_ready(Duration::from_secs(180))
+            .await
+            .expect("cluster becomes ready");
+        let gateway = cluster.gateway_url();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let credentials =
+            serde_json::json!({ "email": email, "password": "correct horse battery" });
+        http.post(format!("{gateway}/v1/auth/register"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap();
+        let login: serde_json::Value = http
+            .post(format!("{gateway}/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["access_token"].as_str().unwrap().to_owned();
+        Self {
+            cluster,
+            gateway,
+            http,
+            token,
+        }
+    }
+
+    async fn place(&self, count: usize, tag: &str) -> Vec<String> {
+        place_slow_orders(&self.http, &self.gateway, &self.token, count, tag).await
+    }
+
+    /// Waits up to 90 s per order for delivery, then for a clean audit, and stops the
+    /// processes.
+    async fn finish(self, orders: &[String], what: &str) {
+        for order_id in orders {
+            let mut status = String::new();
+            for _ in 0..900 {
+                let body: serde_json::Value = self
+                    .http
+                    .get(format!("{}/v1/orders/{order_id}/status", self.gateway))
+                    .bearer_auth(&self.token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap_or_default();
+                status = body["status"].as_str().unwrap_or_default().to_owned();
+                if status == "delivered" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(status, "delivered", "order {order_id} survived {what}");
+        }
+        let mut audit = tiffin::audit::audit(self.cluster.databases(), 30_000)
+            .await
+            .expect("audit runs");
+        for _ in 0..100 {
+            if audit.is_clean() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            audit = tiffin::audit::audit(self.cluster.databases(), 30_000)
+                .await
+                .expect("audit runs");
+        }
+        self.cluster.stop().await;
+        assert!(audit.is_clean(), "audit after {what}:\n{audit}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_kitchen_killed_mid_flight() {
     let _shared = RABBITMQ.read().await;
@@ -281,140 +386,18 @@ async fn distributed_kitchen_killed_mid_flight() {
     }
     let vhost = Vhost::create();
     let dir = tempfile::tempdir().unwrap();
-    let url = vhost.url();
-    let cli = tiffin::cli::Cli::try_parse_from([
-        "tiffin",
-        "demo",
-        "--distributed",
-        "--bus",
-        &url,
-        "--speed",
-        "600",
-    ])
-    .expect("demo arguments parse");
-    let tiffin::cli::Command::Demo(args) = cli.command else {
-        unreachable!("parsed as demo");
-    };
-    let mut cluster = tiffin::serve::Cluster::start_with(
-        std::path::Path::new(env!("CARGO_BIN_EXE_tiffin")),
-        &args,
-        dir.path(),
-    )
-    .await
-    .expect("processes start");
-    cluster
-        .wait_ready(Duration::from_secs(180))
-        .await
-        .expect("cluster becomes ready");
-    let gateway = cluster.gateway_url();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let credentials = serde_json::json!({ "email": "fault@test.tiffin.dev", "password": "correct horse battery" });
-    http.post(format!("{gateway}/v1/auth/register"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap();
-    let login: serde_json::Value = http
-        .post(format!("{gateway}/v1/auth/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_owned();
-    let page: serde_json::Value = http
-        .get(format!("{gateway}/v1/restaurants?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let restaurants: Vec<String> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["opening_hours"].is_null())
-        .filter_map(|r| r["id"].as_str().map(str::to_owned))
-        .take(5)
-        .collect();
+    let mut system = Distributed::start(dir.path(), &vhost.url(), "fault@test.tiffin.dev").await;
+    let orders = system.place(15, "fault").await;
 
-    // About one second of preparation at 600 times real time, so the kitchen holds
-    // the orders when it dies.
-    let mut orders = Vec::new();
-    for n in 0..15 {
-        let restaurant = &restaurants[n % restaurants.len()];
-        let menu: serde_json::Value = http
-            .get(format!("{gateway}/v1/restaurants/{restaurant}/menu"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let mut body =
-            crate::helpers::order_body(restaurant, &[menu["items"][0]["id"].as_str().unwrap()]);
-        body["replay_delivery_minutes"] = serde_json::json!(25);
-        let placed = http
-            .post(format!("{gateway}/v1/orders"))
-            .bearer_auth(&token)
-            .header("Idempotency-Key", format!("fault-{n}"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(placed.status(), reqwest::StatusCode::CREATED);
-        orders.push(
-            placed.json::<serde_json::Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    cluster.kill("kitchen").await.expect("kitchen killed");
+    system
+        .cluster
+        .kill("kitchen")
+        .await
+        .expect("kitchen killed");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.restart("kitchen").expect("kitchen restarts");
+    system.cluster.restart("kitchen").expect("kitchen restarts");
+    system.finish(&orders, "the kitchen's crash").await;
 
-    for order_id in &orders {
-        let mut status = String::new();
-        for _ in 0..600 {
-            let body: serde_json::Value = http
-                .get(format!("{gateway}/v1/orders/{order_id}/status"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            status = body["status"].as_str().unwrap_or_default().to_owned();
-            if status == "delivered" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(
-            status, "delivered",
-            "order {order_id} survived the kitchen's crash"
-        );
-    }
-    let mut audit = tiffin::audit::audit(cluster.databases(), 30_000)
-        .await
-        .expect("audit runs");
-    for _ in 0..100 {
-        if audit.is_clean() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        audit = tiffin::audit::audit(cluster.databases(), 30_000)
-            .await
-            .expect("audit runs");
-    }
-    cluster.stop().await;
-
-    assert!(audit.is_clean(), "audit:\n{audit}");
     let tickets =
         crate::helpers::count_rows(dir.path(), "kitchen", "SELECT COUNT(*) FROM tickets").await;
     let orders_with_tickets = crate::helpers::count_rows(
@@ -496,47 +479,8 @@ async fn distributed_survives_broker_restart() {
     }
     let vhost = Vhost::create();
     let dir = tempfile::tempdir().unwrap();
-    let url = vhost.url();
-    let cli = tiffin::cli::Cli::try_parse_from([
-        "tiffin",
-        "demo",
-        "--distributed",
-        "--bus",
-        &url,
-        "--speed",
-        "600",
-    ])
-    .expect("demo arguments parse");
-    let tiffin::cli::Command::Demo(args) = cli.command else {
-        unreachable!("parsed as demo");
-    };
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tiffin"));
-    let mut cluster = tiffin::serve::Cluster::start_with(exe, &args, dir.path())
-        .await
-        .expect("processes start");
-    cluster
-        .wait_ready(Duration::from_secs(180))
-        .await
-        .expect("cluster becomes ready");
-    let gateway = cluster.gateway_url();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let credentials = serde_json::json!({ "email": "restart@test.tiffin.dev", "password": "correct horse battery" });
-    http.post(format!("{gateway}/v1/auth/register"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap();
-    let login: serde_json::Value = http
-        .post(format!("{gateway}/v1/auth/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_owned();
-    let mut orders = place_slow_orders(&http, &gateway, &token, 10, "before").await;
+    let system = Distributed::start(dir.path(), &vhost.url(), "restart@test.tiffin.dev").await;
+    let mut orders = system.place(10, "before").await;
 
     let rabbitmqctl = |command: &str| {
         let status = std::process::Command::new("rabbitmqctl")
@@ -549,43 +493,7 @@ async fn distributed_survives_broker_restart() {
     rabbitmqctl("stop_app");
     tokio::time::sleep(Duration::from_secs(3)).await;
     rabbitmqctl("start_app");
-    orders.extend(place_slow_orders(&http, &gateway, &token, 10, "after").await);
+    orders.extend(system.place(10, "after").await);
 
-    for order_id in &orders {
-        let mut status = String::new();
-        for _ in 0..900 {
-            let body: serde_json::Value = http
-                .get(format!("{gateway}/v1/orders/{order_id}/status"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            status = body["status"].as_str().unwrap_or_default().to_owned();
-            if status == "delivered" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(
-            status, "delivered",
-            "order {order_id} survived the broker restart"
-        );
-    }
-    let mut audit = tiffin::audit::audit(cluster.databases(), 30_000)
-        .await
-        .expect("audit runs");
-    for _ in 0..100 {
-        if audit.is_clean() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        audit = tiffin::audit::audit(cluster.databases(), 30_000)
-            .await
-            .expect("audit runs");
-    }
-    cluster.stop().await;
-    assert!(audit.is_clean(), "audit:\n{audit}");
+    system.finish(&orders, "the broker restart").await;
 }
