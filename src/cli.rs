@@ -14,7 +14,7 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormatArg::Pretty, global = true, env = "TIFFIN_LOG_FORMAT")]
     pub log_format: LogFormatArg,
 
-    /// What to do.
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,7 +55,7 @@ pub enum Command {
     DeadLetters(DeadLetterCommand),
 }
 
-/// Where the embedded system keeps its files.
+/// The data directory of the embedded system.
 #[derive(Debug, Clone, Args)]
 pub struct DataDirArg {
     /// Directory of the SQLite files: one per service plus `bus.db`, the event log.
@@ -64,7 +64,7 @@ pub struct DataDirArg {
     pub data_dir: PathBuf,
 }
 
-/// Where events travel, shared by `up` and `demo`.
+/// The bus URLs, shared by `up`, `demo` and `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct BusArgs {
     /// The bus for work queues and the event stream: `embedded:` (a log in the data
@@ -213,7 +213,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8081)]
     pub port_base: u16,
 
-    /// Where another service listens, as NAME=HOST:PORT, for example
+    /// The address of another service, as NAME=HOST:PORT, for example
     /// `auth=10.0.0.5:8081`. Repeat for each peer that is not at its default port.
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(String, SocketAddr)>,
@@ -274,7 +274,7 @@ pub struct LoadArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
 
-    /// Orders to replay (the data holds 18,706).
+    /// Orders to replay (the data contains 18,706).
     #[arg(long, default_value_t = 500)]
     pub limit: usize,
 
@@ -289,7 +289,7 @@ pub struct LoadArgs {
 /// `tiffin demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Orders to replay (the data holds 18,706).
+    /// Orders to replay (the data contains 18,706).
     #[arg(long, default_value_t = 500)]
     pub orders: usize,
 
@@ -359,7 +359,7 @@ pub enum UsersCommand {
         /// other users of the machine cannot see in the process list.
         #[arg(long, env = "TIFFIN_NEW_USER_PASSWORD", hide_env_values = true)]
         password: String,
-        /// The role: customer, staff (manages kitchen stock) or admin (sees every order).
+        /// The role: customer, staff (manages kitchen stock) or admin (may read every order).
         #[arg(long, value_enum)]
         role: RoleArg,
         #[command(flatten)]

@@ -267,22 +267,22 @@ impl Cluster {
             .expect("every service has a port")
     }
 
-    /// The gateway's base URL.
+    /// Returns the gateway's base URL.
     pub fn gateway_url(&self) -> String {
         format!("http://{}", self.addr("gateway"))
     }
 
-    /// The services' databases.
+    /// Returns the services' databases.
     pub fn databases(&self) -> &Databases {
         &self.databases
     }
 
-    /// The directory of the processes' logs.
+    /// Returns the directory of the processes' logs.
     pub fn logs_dir(&self) -> std::path::PathBuf {
         self.data_dir.join("logs")
     }
 
-    /// Waits until the gateway reports every upstream ready and every replica holds
+    /// Waits until the gateway reports every upstream ready and every replica contains
     /// the catalog, failing early when a process exits.
     ///
     /// # Errors

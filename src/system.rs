@@ -307,12 +307,12 @@ impl System {
         &self.databases
     }
 
-    /// The embedded bus.
+    /// Returns the embedded bus, when the system uses it.
     pub fn bus(&self) -> Option<&EmbeddedBus> {
         self.bus.as_ref()
     }
 
-    /// Waits until every service returns 200 from `/readyz` and every replica holds
+    /// Waits until every service returns 200 from `/readyz` and every replica contains
     /// all of the catalog: the menus in orders, the restaurants in the kitchen and
     /// delivery, and delivery's courier fleet.
     ///
@@ -373,7 +373,7 @@ impl System {
         wait_quiet(&self.databases, self.bus.as_ref(), timeout).await
     }
 
-    /// A token that stops the system when cancelled.
+    /// Returns a token that stops the system when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
@@ -409,7 +409,7 @@ impl System {
     }
 }
 
-/// The port of `service` relative to `--port-base`, in the order the command line
+/// Returns the port of `service` relative to `--port-base`, in the order the command line
 /// documents: auth, catalog, orders, payments, kitchen, notifications, analytics,
 /// delivery.
 pub fn port_offset(service: &str) -> u16 {

@@ -243,7 +243,7 @@ pub(crate) struct UpProcess {
 
 impl UpProcess {
     /// Starts `tiffin up` on free ports over `dir` with `extra` arguments, and waits
-    /// for the line that says it is ready.
+    /// for the line that reports it ready.
     pub(crate) async fn start(dir: &std::path::Path, extra: &[&str]) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
 

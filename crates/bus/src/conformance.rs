@@ -133,7 +133,7 @@ async fn drain_queue(receiver: &mut Box<dyn crate::api::QueueReceiver>, count: u
     seen
 }
 
-/// Every group bound to a type receives every event of it.
+/// Checks that every group bound to a type receives every event of it.
 pub async fn publish_reaches_every_group(connector: &dyn Connector) {
     let names = Names::new();
     let bus = connector.connect().await;
@@ -184,7 +184,7 @@ pub async fn competing_members_share_the_queue(connector: &dyn Connector) {
     assert_eq!(unique.len(), 40, "no message went to both members");
 }
 
-/// A nacked message is delivered again, counted as a new attempt.
+/// Checks that a nacked message is delivered again, counted as a new attempt.
 pub async fn nack_redelivers(connector: &dyn Connector, features: Features) {
     let names = Names::new();
     let bus = connector.connect().await;
@@ -218,7 +218,8 @@ pub async fn nack_redelivers(connector: &dyn Connector, features: Features) {
     later.into_iter().next().unwrap().ack().await.expect("ack");
 }
 
-/// A message whose member dies before acking reaches a member that reconnects.
+/// Checks that a message whose member dies before acking reaches a member that
+/// reconnects.
 pub async fn unacked_message_is_redelivered(connector: &dyn Connector, features: Features) {
     let names = Names::new();
     let bus = connector.connect().await;
@@ -386,7 +387,7 @@ pub async fn stream_keeps_per_key_order(connector: &dyn Connector) {
     }
 }
 
-/// A new group reads from the start, after an offset, or from a time.
+/// Checks that a new group reads from the start, after an offset, or from a time.
 pub async fn stream_replays_from_start_offset_and_time(
     connector: &dyn Connector,
     features: Features,
@@ -422,7 +423,8 @@ pub async fn stream_replays_from_start_offset_and_time(
     }
 }
 
-/// A group that committed an offset resumes after it on a new connection.
+/// Checks that a group that committed an offset resumes after it on a new
+/// connection.
 pub async fn stream_position_survives_reconnect(connector: &dyn Connector) {
     let names = Names::new();
     let bus = connector.connect().await;

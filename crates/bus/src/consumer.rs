@@ -1,8 +1,8 @@
 //! Runs a [`Handler`] over a subscription.
 //!
-//! The handler's outcome drives the message: `Ok` acks it; a transient error nacks it
-//! for redelivery after a backoff; a permanent error, a panic caught in the handler or
-//! the last allowed attempt moves it to the dead-letter store with the reason. A
+//! The handler's outcome drives the message. `Ok` acks it, and a transient error nacks
+//! it for redelivery after a backoff. A permanent error, a panic caught in the handler
+//! or the last allowed attempt moves it to the dead-letter store with the reason. A
 //! handler that runs past its timeout counts as a transient error.
 //!
 //! Around each message the runner opens a span named `event` with the event id and
@@ -34,7 +34,7 @@ pub trait Handler: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// A [`HandlerError::transient`] error asks for a redelivery, a
+    /// A [`HandlerError::transient`] error requests a redelivery, a
     /// [`HandlerError::permanent`] one for dead-lettering at once.
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError>;
 
@@ -63,7 +63,7 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// Why a handler failed, and whether trying again can help.
+/// A handler failure, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 #[error("{source:#}")]
 pub struct HandlerError {
@@ -135,7 +135,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The delay after failed attempt `attempt` (counting from 1).
+    /// Returns the delay after failed attempt `attempt` (counting from 1).
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let base = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);

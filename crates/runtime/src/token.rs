@@ -18,7 +18,7 @@ use crate::problem::Problem;
 /// The issuer written into every token.
 pub const ISSUER: &str = "tiffin-auth";
 
-/// What a user may do.
+/// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -26,7 +26,7 @@ pub enum Role {
     Customer,
     /// Restaurant staff: manages tickets and stock.
     Staff,
-    /// Operators: sees everything.
+    /// Operators: may read everything.
     Admin,
 }
 
@@ -70,7 +70,7 @@ pub struct Jwk {
     pub usage: String,
 }
 
-/// Why a token was not accepted.
+/// The reason a token was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     /// No `Authorization` header.
@@ -233,7 +233,7 @@ impl TokenVerifier {
 /// The authenticated caller of a request, extracted from its bearer token.
 ///
 /// A missing or invalid token rejects the request with 401 and a problem document
-/// that says why.
+/// that gives the reason.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Claims);
 

@@ -15,7 +15,7 @@ pub const MAX_LINES: usize = 100;
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 
-/// Where an order stands.
+/// The status of an order.
 ///
 /// The happy path is placed, accepted, ready, picked up, delivered. Rejected and
 /// cancelled end an order early; payment-declined is recorded for orders whose
@@ -84,7 +84,7 @@ impl OrderStatus {
         Self::PaymentDeclined,
     ];
 
-    /// The status's name in the API and the database.
+    /// Returns the status's name in the API and the database.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Placed => "placed",
@@ -106,7 +106,7 @@ impl OrderStatus {
         )
     }
 
-    /// The position on the happy path, or `None` for the early endings.
+    /// Returns the position on the happy path, or `None` for the early endings.
     fn progress(self) -> Option<u8> {
         match self {
             Self::Placed => Some(0),
@@ -183,9 +183,9 @@ impl FromStr for OrderStatus {
 pub struct PlaceOrderRequest {
     /// The restaurant to order from.
     pub restaurant_id: String,
-    /// What to order.
+    /// The requested lines.
     pub items: Vec<RequestedItem>,
-    /// Where to deliver.
+    /// The delivery address.
     pub delivery_address: DeliveryAddress,
     /// For replays of real orders: the minutes the original order took from placement
     /// to the door, from which the kitchen and delivery take their durations.
@@ -221,7 +221,7 @@ pub struct DeliveryAddress {
     pub lon: f64,
 }
 
-/// A menu item as the replica holds it.
+/// A menu item as stored in the replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MenuItem {
     /// The item.
@@ -390,7 +390,7 @@ fn is_local_time(text: &str) -> bool {
 
 /// Prices a validated request against the restaurant's menu from the replica.
 ///
-/// `menu` holds the replica's rows for the requested item ids, whichever restaurant
+/// `menu` contains the replica's rows for the requested item ids, whichever restaurant
 /// they belong to, so an item of another restaurant is named as such.
 ///
 /// # Errors
@@ -498,7 +498,7 @@ pub fn validate_idempotency_key(value: Option<&str>) -> Result<String, Problem> 
     Ok(key.to_owned())
 }
 
-/// The order id for a customer's idempotency key: the same key always names the same
+/// Returns the order id for a customer's idempotency key: the same key always names the same
 /// order, so a retried request that authorizes again refers to the same order.
 pub fn order_id_for(customer_id: &str, idempotency_key: &str) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1d_2c4e_9b7a_4f0e_8d3c_5a6b_7c8d_9e0f);
@@ -577,7 +577,7 @@ mod tests {
         replay_from(OrderStatus::Placed, events)
     }
 
-    /// The status a history implies.
+    /// Returns the status a history implies.
     fn implied(history: &[OrderEvent]) -> OrderStatus {
         match history.last() {
             None => OrderStatus::Placed,

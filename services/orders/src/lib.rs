@@ -96,7 +96,7 @@ impl Settings {
     }
 }
 
-/// What the REST handlers share. Cloning is cheap: every field is a handle.
+/// The state the REST handlers share. Cloning is cheap: every field is a handle.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The order database.

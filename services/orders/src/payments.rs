@@ -23,10 +23,10 @@ const RETRY_BACKOFF: [Duration; 3] = [
     Duration::from_millis(80),
 ];
 
-/// Why an authorization did not produce an answer.
+/// Why an authorization returned no outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
-    /// No answer within the deadline.
+    /// No response within the deadline.
     #[error("payment service did not answer within {0} ms")]
     DeadlineExceeded(u128),
     /// The service or its card processor is unavailable.
@@ -37,7 +37,7 @@ pub enum PaymentError {
     Failed(tonic::Status),
 }
 
-/// The outcome of an authorization that got an answer.
+/// The outcome of an authorization that got a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization {
     /// The amount is reserved.
@@ -172,7 +172,7 @@ impl PaymentsGateway {
     }
 }
 
-/// Deadline of a void or capture. Nobody waits on them, so it is longer than an
+/// Deadline of a void or capture. No client request waits on them, so it is longer than an
 /// authorization's.
 const STEP_DEADLINE: Duration = Duration::from_secs(2);
 

@@ -10,7 +10,7 @@
 //!    and the `order.placed` outbox row.
 //!
 //! A failed call leaves nothing in the order database. A declined card leaves the
-//! order in `payment_declined`, so a retry answers 402 again without calling payments;
+//! order in `payment_declined`, so a retry gets 402 again without calling payments;
 //! the kitchen never hears of it.
 
 use axum::http::StatusCode;

@@ -27,9 +27,9 @@ pub struct OrderRecord {
     pub currency: String,
     /// The payment authorization.
     pub payment_id: String,
-    /// What was ordered.
+    /// The ordered lines.
     pub lines: Vec<PricedLine>,
-    /// Where it goes.
+    /// The delivery address.
     pub delivery_address: StoredAddress,
     /// Status changes, oldest first.
     pub timeline: Vec<TimelineEntry>,
@@ -113,7 +113,7 @@ pub async fn find_idempotency_key(
         .transpose()
 }
 
-/// Returns true when the replica knows any item of the restaurant.
+/// Returns true when the replica contains any item of the restaurant.
 pub async fn restaurant_known(db: &Database, restaurant_id: &str) -> Result<bool, sqlx::Error> {
     let found: Option<i64> =
         sqlx::query_scalar("SELECT 1 FROM menu_replica WHERE restaurant_id = $1 LIMIT 1")
@@ -276,10 +276,10 @@ pub async fn record_status(
     Ok(inserted == 1)
 }
 
-/// What the saga needs to know about an order to act on it.
+/// The parts of an order the saga reads to act on it.
 #[derive(Debug, Clone)]
 pub struct OrderSummary {
-    /// Where it stands.
+    /// The current status.
     pub status: OrderStatus,
     /// The customer.
     pub customer_id: String,
