@@ -375,17 +375,25 @@ impl Run {
     ) -> Option<(String, Option<i64>)> {
         let deadline = Instant::now() + self.settings.order_timeout;
         let mut delay = Duration::from_millis(20);
+        let mut final_seen = None;
         while Instant::now() < deadline {
             if let Ok(status) = self.client.status(customer, order_id).await
                 && FINAL_STATUSES.contains(&status.as_str())
             {
                 let order = self.client.order(customer, order_id).await.ok()?;
-                return Some((status, ready_after(&order)));
+                let ready = ready_after(&order);
+                // `order.delivered` can overtake a retried `order.ready`; the late
+                // step still joins the timeline, so a delivered order without it is
+                // polled again rather than counted as never ready.
+                if status != "delivered" || ready.is_some() {
+                    return Some((status, ready));
+                }
+                final_seen = Some(status);
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(250));
         }
-        None
+        final_seen.map(|status| (status, None))
     }
 }
 
