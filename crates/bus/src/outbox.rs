@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Any, Row, Transaction};
-use tiffin_runtime::db::Database;
+use tiffin_runtime::db::{Database, Engine};
 use tiffin_runtime::time::now_millis;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,9 @@ pub async fn enqueue(
 /// statements were slower through sqlx's `Any` driver on SQLite (measured while
 /// seeding the catalog's 13,239 events).
 const ROWS_PER_INSERT: usize = 150;
+
+/// The advisory lock key that the relays of one PostgreSQL database share.
+const RELAY_LOCK: i64 = 7_320_562;
 
 /// Adds many envelopes to the outbox inside the caller's transaction, several rows
 /// per statement, in the order given.
@@ -120,10 +123,30 @@ impl OutboxRelay {
     /// Fails when the database or the broker fails; the rows stay for the next try.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
         let limit = i64::try_from(self.batch_size)?;
-        let rows = sqlx::query("SELECT event_id, envelope FROM outbox ORDER BY event_id LIMIT $1")
-            .bind(limit)
-            .fetch_all(self.db.pool())
-            .await?;
+        // Replicas of a service share its PostgreSQL database, so their relays take
+        // turns: the one holding this lock publishes the oldest rows and deletes
+        // them before another reads them, which keeps the events in order and
+        // published once. The lock is the relay's own, so the service's writes go on
+        // while a batch is with the broker. A SQLite file has one process.
+        let mut relay_tx = None;
+        if self.db.engine() == Engine::Postgres {
+            let mut tx = self.db.pool().begin().await?;
+            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(RELAY_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !leader {
+                return Ok(0);
+            }
+            relay_tx = Some(tx);
+        }
+        let select =
+            sqlx::query("SELECT event_id, envelope FROM outbox ORDER BY event_id LIMIT $1")
+                .bind(limit);
+        let rows = match relay_tx.as_mut() {
+            Some(tx) => select.fetch_all(&mut **tx).await?,
+            None => select.fetch_all(self.db.pool()).await?,
+        };
         if rows.is_empty() {
             return Ok(0);
         }
@@ -138,7 +161,10 @@ impl OutboxRelay {
 
         self.publisher.publish(&events).await?;
 
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = match relay_tx {
+            Some(tx) => tx,
+            None => self.db.begin_write().await?,
+        };
         for id in &ids {
             sqlx::query("DELETE FROM outbox WHERE event_id = $1")
                 .bind(id)
