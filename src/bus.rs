@@ -5,6 +5,7 @@
 //! | `embedded:` or `embedded:PATH` | the embedded log, `bus.db` in the data directory or at PATH |
 //! | `amqp://USER:PASSWORD@HOST:PORT/VHOST` | RabbitMQ; give each deployment its own virtual host |
 //! | `nats://HOST:PORT?stream=NAME&prefix=SUBJECT` | NATS JetStream; `stream` and `prefix` default to `TIFFIN_EVENTS` and `tiffin.events` |
+//! | `kafka://HOST:PORT[,HOST:PORT...]?topic=NAME&replication=N&batch=N` | Kafka; `topic` defaults to `tiffin.events`, `replication` and `batch` (records per produce batch) to 1 |
 //!
 //! Work queues and the stream may use different URLs; the bus then publishes to both
 //! ([`tiffin_bus::split::SplitBus`]).
@@ -89,13 +90,40 @@ async fn connect_one(url: &str, data_dir: &Path) -> anyhow::Result<Connected> {
             embedded: None,
         });
     }
-    if url.starts_with("kafka://") {
-        anyhow::bail!(
-            "the Kafka backend is not built yet: use embedded:, amqp:// or nats:// for {url}"
-        );
+    if let Some(rest) = url.strip_prefix("kafka://") {
+        let (servers, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut options = tiffin_bus_kafka::KafkaOptions::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("topic", value)) => options.topic = value.to_owned(),
+                Some(("replication", value)) => {
+                    options.replication = value.parse().map_err(|_| {
+                        anyhow::anyhow!(
+                            "replication={value} in bus URL {url} is not a number: give the replicas per topic, for example replication=3"
+                        )
+                    })?;
+                }
+                Some(("batch", value)) => {
+                    options.batch_records = value.parse().map_err(|_| {
+                        anyhow::anyhow!(
+                            "batch={value} in bus URL {url} is not a number: give the most records per produce batch, for example batch=1000"
+                        )
+                    })?;
+                }
+                _ => anyhow::bail!(
+                    "unknown parameter `{pair}` in bus URL {url}: accepted are topic=NAME, replication=N and batch=N"
+                ),
+            }
+        }
+        let servers = servers.trim_end_matches('/');
+        let bus = tiffin_bus_kafka::connect(servers, options).await?;
+        return Ok(Connected {
+            bus: bus.shared(),
+            embedded: None,
+        });
     }
     anyhow::bail!(
-        "unsupported bus URL `{}`: use embedded:, embedded:PATH, amqp://USER:PASSWORD@HOST:PORT/VHOST or nats://HOST:PORT",
+        "unsupported bus URL `{}`: use embedded:, embedded:PATH, amqp://USER:PASSWORD@HOST:PORT/VHOST, nats://HOST:PORT or kafka://HOST:PORT",
         tiffin_runtime::db::redact(url)
     )
 }

@@ -90,6 +90,7 @@ const FEATURES: Features = Features {
     redelivers_after_member_loss: true,
     honours_nack_delay: true,
     replays_from_time: true,
+    counts_attempts_across_members: true,
 };
 
 async fn conformance_case<F, Fut>(case: F)

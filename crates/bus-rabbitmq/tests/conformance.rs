@@ -35,6 +35,7 @@ const FEATURES: Features = Features {
     // Nacked messages wait out their delay in the group's retry queue.
     honours_nack_delay: true,
     replays_from_time: true,
+    counts_attempts_across_members: true,
 };
 
 #[tokio::test]

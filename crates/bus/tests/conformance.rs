@@ -36,6 +36,7 @@ const FEATURES: Features = Features {
     redelivers_after_member_loss: true,
     honours_nack_delay: true,
     replays_from_time: true,
+    counts_attempts_across_members: true,
 };
 
 #[tokio::test]
