@@ -14,6 +14,11 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormatArg::Pretty, global = true, env = "TIFFIN_LOG_FORMAT")]
     pub log_format: LogFormatArg,
 
+    /// A TOML file of settings: keys are long flag names (`bus`, `queue-bus`,
+    /// `database`, ...). Flags and `TIFFIN_...` environment variables override it.
+    #[arg(long, global = true, value_name = "FILE", env = "TIFFIN_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -68,8 +73,8 @@ pub struct DataDirArg {
 #[derive(Debug, Clone, Args)]
 pub struct BusArgs {
     /// The bus for work queues and the event stream: `embedded:` (a log in the data
-    /// directory), `amqp://USER:PASSWORD@HOST:PORT/VHOST` (RabbitMQ) or
-    /// `nats://HOST:PORT` (NATS JetStream).
+    /// directory), `amqp://USER:PASSWORD@HOST:PORT/VHOST` (RabbitMQ),
+    /// `nats://HOST:PORT` (NATS JetStream) or `kafka://HOST:PORT` (Kafka).
     #[arg(long, default_value = "embedded:", env = "TIFFIN_BUS")]
     pub bus: String,
 

@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod bus;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod load;
 pub mod ops;

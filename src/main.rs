@@ -6,18 +6,24 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use tiffin_runtime::telemetry::{self, LogFormat};
 
 use tiffin::cli::{
-    AnalyticsCommand, Cli, Command, DeadLetterCommand, LogFormatArg, RoleArg, UsersCommand,
+    AnalyticsCommand, Command, DeadLetterCommand, LogFormatArg, RoleArg, UsersCommand,
 };
 use tiffin::{demo, load, ops};
 use tiffin_runtime::token::Role;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match tiffin::config::parse(std::env::args_os().collect()) {
+        Ok(Ok(cli)) => cli,
+        Ok(Err(error)) => error.exit(),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let format = match cli.log_format {
         LogFormatArg::Pretty => LogFormat::Pretty,
         LogFormatArg::Json => LogFormat::Json,
