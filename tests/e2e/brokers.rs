@@ -12,11 +12,11 @@ use crate::helpers::TestSystem;
 /// Held shared by every test here that uses RabbitMQ, and exclusively by the test
 /// that restarts it, so the restart never cuts into another test of this binary.
 /// (Cargo runs test binaries one after another, so other binaries are not affected.)
-static RABBITMQ: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+pub(crate) static RABBITMQ: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Returns true when the engine at `addr` accepts connections; otherwise fails
 /// under CI and prints why the test is skipped.
-async fn engine_available(name: &str, addr: &str, start: &str) -> bool {
+pub(crate) async fn engine_available(name: &str, addr: &str, start: &str) -> bool {
     if tokio::net::TcpStream::connect(addr).await.is_ok() {
         return true;
     }
@@ -29,10 +29,10 @@ async fn engine_available(name: &str, addr: &str, start: &str) -> bool {
 }
 
 /// A RabbitMQ virtual host for one test, deleted on drop.
-struct Vhost(String);
+pub(crate) struct Vhost(String);
 
 impl Vhost {
-    fn create() -> Self {
+    pub(crate) fn create() -> Self {
         let name = format!("tiffin-e2e-{}", uuid::Uuid::now_v7().simple());
         for args in [
             vec!["add_vhost", name.as_str()],
@@ -56,7 +56,7 @@ impl Vhost {
         Self(name)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:5672/{}", self.0)
     }
 }
@@ -106,7 +106,7 @@ impl NatsStream {
 
 /// Replays orders with every path mixed in and checks that all end final, nothing
 /// failed, and the audit is clean.
-async fn replay_and_audit(system: &TestSystem) {
+pub(crate) async fn replay_and_audit(system: &TestSystem) {
     let summary = load::run(LoadSettings {
         target: system.system.gateway_url.clone(),
         limit: 30,
@@ -274,8 +274,8 @@ async fn queues_on_rabbitmq_stream_on_nats() {
 }
 
 /// A running distributed system on RabbitMQ with one logged-in customer.
-struct Distributed {
-    cluster: tiffin::serve::Cluster,
+pub(crate) struct Distributed {
+    pub(crate) cluster: tiffin::serve::Cluster,
     gateway: String,
     http: reqwest::Client,
     token: String,
@@ -283,18 +283,17 @@ struct Distributed {
 
 impl Distributed {
     /// Starts every service as its own process on `bus_url` at 600 times real time,
-    /// and registers and logs in a customer.
-    async fn start(dir: &std::path::Path, bus_url: &str, email: &str) -> Self {
-        let cli = tiffin::cli::Cli::try_parse_from([
-            "tiffin",
-            "demo",
-            "--distributed",
-            "--bus",
-            bus_url,
-            "--speed",
-            "600",
-        ])
-        .expect("demo arguments parse");
+    /// with `extra` demo arguments, and registers and logs in a customer.
+    pub(crate) async fn start(
+        dir: &std::path::Path,
+        bus_url: &str,
+        extra: &[&str],
+        email: &str,
+    ) -> Self {
+        let mut arguments = vec!["tiffin", "demo", "--distributed", "--bus", bus_url];
+        arguments.extend(["--speed", "600"]);
+        arguments.extend(extra);
+        let cli = tiffin::cli::Cli::try_parse_from(arguments).expect("demo arguments parse");
         let tiffin::cli::Command::Demo(args) = cli.command else {
             unreachable!("parsed as demo");
         };
@@ -333,13 +332,13 @@ impl Distributed {
         }
     }
 
-    async fn place(&self, count: usize, tag: &str) -> Vec<String> {
+    pub(crate) async fn place(&self, count: usize, tag: &str) -> Vec<String> {
         place_slow_orders(&self.http, &self.gateway, &self.token, count, tag).await
     }
 
     /// Waits up to 90 s per order for delivery, then for a clean audit, and stops the
     /// processes.
-    async fn finish(self, orders: &[String], what: &str) {
+    pub(crate) async fn finish(self, orders: &[String], what: &str) {
         for order_id in orders {
             let mut status = String::new();
             for _ in 0..900 {
@@ -386,7 +385,8 @@ async fn distributed_kitchen_killed_mid_flight() {
     }
     let vhost = Vhost::create();
     let dir = tempfile::tempdir().unwrap();
-    let mut system = Distributed::start(dir.path(), &vhost.url(), "fault@test.tiffin.dev").await;
+    let mut system =
+        Distributed::start(dir.path(), &vhost.url(), &[], "fault@test.tiffin.dev").await;
     let orders = system.place(15, "fault").await;
 
     system
@@ -479,7 +479,7 @@ async fn distributed_survives_broker_restart() {
     }
     let vhost = Vhost::create();
     let dir = tempfile::tempdir().unwrap();
-    let system = Distributed::start(dir.path(), &vhost.url(), "restart@test.tiffin.dev").await;
+    let system = Distributed::start(dir.path(), &vhost.url(), &[], "restart@test.tiffin.dev").await;
     let mut orders = system.place(10, "before").await;
 
     let rabbitmqctl = |command: &str| {

@@ -6,6 +6,7 @@
 mod bad_input;
 mod brokers;
 mod crash;
+mod engines;
 mod helpers;
 mod idempotency;
 mod postgres;

@@ -19,8 +19,12 @@ use crate::helpers::TestSystem;
 
 const DEFAULT_SERVER: &str = "postgres://tiffin:tiffin@127.0.0.1:5432/postgres";
 
+/// Held shared by every test here that uses PostgreSQL, and exclusively by the test
+/// that restarts it.
+pub(crate) static POSTGRES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Connects to the test server, or returns why it cannot.
-async fn admin() -> Result<(String, PgConnection), String> {
+pub(crate) async fn admin() -> Result<(String, PgConnection), String> {
     let server =
         std::env::var("TIFFIN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned());
     let options = PgConnectOptions::from_str(&server).map_err(|error| error.to_string())?;
@@ -32,7 +36,7 @@ async fn admin() -> Result<(String, PgConnection), String> {
 }
 
 /// Drops the system's databases, closing connections still open to them.
-async fn drop_databases(conn: &mut PgConnection, databases: &Databases) {
+pub(crate) async fn drop_databases(conn: &mut PgConnection, databases: &Databases) {
     let Databases::Postgres { prefix, .. } = databases else {
         return;
     };
@@ -46,6 +50,7 @@ async fn drop_databases(conn: &mut PgConnection, databases: &Databases) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_orders_audit_clean_on_postgres() {
+    let _shared = POSTGRES.read().await;
     let (server, mut admin) = match admin().await {
         Ok(found) => found,
         Err(reason) if std::env::var("CI").is_ok_and(|value| value == "true") => {

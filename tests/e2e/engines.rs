@@ -1,0 +1,147 @@
+//! The whole system on Kafka, and the distributed topology through a PostgreSQL
+//! restart.
+
+use std::time::Duration;
+
+use crate::brokers::{Distributed, RABBITMQ, Vhost, engine_available, replay_and_audit};
+use crate::helpers::TestSystem;
+use crate::postgres::{POSTGRES, admin, drop_databases};
+
+const KAFKA_HINT: &str = "tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/";
+
+/// A Kafka topic for one test, deleted at the end.
+struct KafkaTopic(tiffin_bus_kafka::KafkaOptions);
+
+impl KafkaTopic {
+    fn new() -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        Self(tiffin_bus_kafka::KafkaOptions {
+            topic: format!("tiffin-e2e.{}", &id[id.len() - 12..]),
+            ..Default::default()
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("kafka://127.0.0.1:9092?topic={}", self.0.topic)
+    }
+
+    async fn delete(&self) {
+        if let Ok(bus) = tiffin_bus_kafka::connect("127.0.0.1:9092", self.0.clone()).await {
+            let _ = bus.delete_topics().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queues_on_rabbitmq_stream_on_kafka() {
+    let _shared = RABBITMQ.read().await;
+    let rabbitmq =
+        engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await;
+    let kafka = engine_available("Kafka", "127.0.0.1:9092", KAFKA_HINT).await;
+    if !(rabbitmq && kafka) {
+        return;
+    }
+    let vhost = Vhost::create();
+    let topic = KafkaTopic::new();
+    let (queue_url, stream_url) = (vhost.url(), topic.url());
+    let system = TestSystem::start_with(|settings| {
+        settings.queue_bus = queue_url.clone();
+        settings.stream_bus = stream_url.clone();
+        settings.reject_rate = 0.1;
+    })
+    .await;
+
+    replay_and_audit(&system).await;
+    system.stop().await;
+    topic.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_system_on_kafka() {
+    if !engine_available("Kafka", "127.0.0.1:9092", KAFKA_HINT).await {
+        return;
+    }
+    let topic = KafkaTopic::new();
+    let url = topic.url();
+    let system = TestSystem::start_with(|settings| {
+        settings.queue_bus = url.clone();
+        settings.stream_bus = url.clone();
+    })
+    .await;
+
+    replay_and_audit(&system).await;
+    system.stop().await;
+    topic.delete().await;
+}
+
+/// Restarts the machine's PostgreSQL cluster, the way `.ci/run` started it.
+fn restart_postgres() -> Result<(), String> {
+    let versions = std::fs::read_dir("/etc/postgresql")
+        .map_err(|error| format!("no /etc/postgresql ({error})"))?;
+    let version = versions
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .max()
+        .ok_or("no cluster under /etc/postgresql")?;
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|error| format!("pg_ctlcluster did not run: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("pg_ctlcluster {version} main restart failed"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_survives_postgres_restart() {
+    let _exclusive = POSTGRES.write().await;
+    let _shared = RABBITMQ.read().await;
+    let (server, admin) = match admin().await {
+        Ok(found) => found,
+        Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
+        }
+        Err(reason) => {
+            eprintln!("skipped: PostgreSQL is not available: {reason}");
+            return;
+        }
+    };
+    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+        return;
+    }
+    let vhost = Vhost::create();
+    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
+    let base = tiffin_runtime::db::with_database(&server, &prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let system = Distributed::start(
+        dir.path(),
+        &vhost.url(),
+        &["--database", &base],
+        "pg-restart@test.tiffin.dev",
+    )
+    .await;
+    let databases = system.cluster.databases().clone();
+    let mut orders = system.place(10, "before").await;
+
+    if let Err(reason) = restart_postgres() {
+        system.cluster.stop().await;
+        drop(admin);
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "cannot restart PostgreSQL: {reason}"
+        );
+        eprintln!("skipped: cannot restart PostgreSQL: {reason}");
+        return;
+    }
+    // The restart closed every connection, the admin one too.
+    drop(admin);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    orders.extend(system.place(10, "after").await);
+    system.finish(&orders, "the PostgreSQL restart").await;
+
+    let (_, mut admin) = crate::postgres::admin().await.expect("PostgreSQL is back");
+    drop_databases(&mut admin, &databases).await;
+}
