@@ -97,6 +97,29 @@ impl BusArgs {
     }
 }
 
+/// The database connection pool of each service, shared by `up`, `demo` and `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// Most connections each service keeps open to its database.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+
+    /// Seconds a request waits for a free database connection before it fails
+    /// with 503.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub db_acquire_timeout: u64,
+}
+
+impl PoolArgs {
+    /// Returns the pool settings these flags describe.
+    pub fn settings(&self) -> tiffin_runtime::db::PoolSettings {
+        tiffin_runtime::db::PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: std::time::Duration::from_secs(self.db_acquire_timeout),
+        }
+    }
+}
+
 /// Settings of the simulation, shared by `up` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct SimulationArgs {
@@ -169,6 +192,9 @@ pub struct UpArgs {
     pub database: Option<String>,
 
     #[command(flatten)]
+    pub pool: PoolArgs,
+
+    #[command(flatten)]
     pub simulation: SimulationArgs,
 
     #[command(flatten)]
@@ -200,6 +226,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub database: Option<String>,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 
     #[command(flatten)]
     pub bus: BusArgs,
@@ -315,6 +344,9 @@ pub struct DemoArgs {
         hide_env_values = true
     )]
     pub database: Option<String>,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
 
     /// Write the report as JSON to this file.
     #[arg(long)]

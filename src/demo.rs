@@ -61,6 +61,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         queue_bus: args.bus.urls().0,
         stream_bus: args.bus.urls().1,
         fault_exit_after_payment_step: args.fault_exit_after_payment_step,
+        pool: args.pool.settings(),
     })
     .await?;
 
@@ -194,6 +195,7 @@ async fn run_in_process(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Demo
         queue_bus: args.bus.urls().0,
         stream_bus: args.bus.urls().1,
         fault_exit_after_payment_step: false,
+        pool: args.pool.settings(),
     })
     .await?;
     let outcome = replay_and_report(&system, args).await;

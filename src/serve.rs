@@ -74,6 +74,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         queue_bus: queue_url.clone(),
         stream_bus: stream_url.clone(),
         fault_exit_after_payment_step: false,
+        pool: args.pool.settings(),
     };
 
     let shutdown = CancellationToken::new();
@@ -214,6 +215,10 @@ impl Cluster {
             simulation.couriers.to_string(),
             "--notify-channel".into(),
             simulation.notify_channel.clone(),
+            "--db-max-connections".into(),
+            args.pool.db_max_connections.to_string(),
+            "--db-acquire-timeout".into(),
+            args.pool.db_acquire_timeout.to_string(),
             "--log-format".into(),
             "json".into(),
         ];

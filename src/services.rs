@@ -92,6 +92,7 @@ pub async fn build(
             let payments = tiffin_payments::Service::build(tiffin_payments::Settings {
                 grpc_addr: listen,
                 database_url,
+                pool: settings.pool.clone(),
                 processor: settings.processor.clone(),
             })
             .await?;
@@ -101,9 +102,9 @@ pub async fn build(
             }
         }
         "auth" => {
-            let auth =
-                tiffin_auth::Service::build(tiffin_auth::Settings::new(listen, database_url))
-                    .await?;
+            let mut auth_settings = tiffin_auth::Settings::new(listen, database_url);
+            auth_settings.pool = settings.pool.clone();
+            let auth = tiffin_auth::Service::build(auth_settings).await?;
             Built {
                 addr: auth.http_addr(),
                 run: Box::new(|token| Box::pin(auth.run(token))),
@@ -114,6 +115,7 @@ pub async fn build(
                 tiffin_catalog::Settings {
                     http_addr: listen,
                     database_url,
+                    pool: settings.pool.clone(),
                 },
                 bus,
             )
@@ -131,6 +133,7 @@ pub async fn build(
                 topology.http("payments")?,
             );
             orders_settings.fault_exit_after_payment_step = settings.fault_exit_after_payment_step;
+            orders_settings.pool = settings.pool.clone();
             let orders = tiffin_orders::Service::build(orders_settings, bus).await?;
             Built {
                 addr: orders.http_addr(),
@@ -140,6 +143,7 @@ pub async fn build(
         "kitchen" => {
             let mut kitchen_settings = tiffin_kitchen::Settings::new(listen, database_url);
             kitchen_settings.time_scale = settings.time_scale;
+            kitchen_settings.pool = settings.pool.clone();
             kitchen_settings.jwks_url = Some(format!("{}/v1/auth/jwks", topology.http("auth")?));
             kitchen_settings.reject_rate = settings.reject_rate;
             kitchen_settings.capacity_per_restaurant = settings.kitchen_capacity;
@@ -152,6 +156,7 @@ pub async fn build(
         "delivery" => {
             let mut delivery_settings = tiffin_delivery::Settings::new(listen, database_url);
             delivery_settings.time_scale = settings.time_scale;
+            delivery_settings.pool = settings.pool.clone();
             delivery_settings.couriers = settings.couriers;
             let delivery = tiffin_delivery::Service::build(delivery_settings, bus).await?;
             Built {
@@ -163,6 +168,7 @@ pub async fn build(
             let mut notifications_settings =
                 tiffin_notifications::Settings::new(listen, database_url);
             notifications_settings.channel = settings.notify_channel.clone();
+            notifications_settings.pool = settings.pool.clone();
             let notifications =
                 tiffin_notifications::Service::build(notifications_settings, bus).await?;
             Built {
@@ -171,11 +177,9 @@ pub async fn build(
             }
         }
         "analytics" => {
-            let analytics = tiffin_analytics::Service::build(
-                tiffin_analytics::Settings::new(listen, database_url),
-                bus,
-            )
-            .await?;
+            let mut analytics_settings = tiffin_analytics::Settings::new(listen, database_url);
+            analytics_settings.pool = settings.pool.clone();
+            let analytics = tiffin_analytics::Service::build(analytics_settings, bus).await?;
             Built {
                 addr: analytics.http_addr(),
                 run: Box::new(|token| Box::pin(analytics.run(token))),

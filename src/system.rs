@@ -49,6 +49,8 @@ pub struct SystemSettings {
     /// Exit after a payment step is confirmed and before it is recorded (a fault
     /// for tests).
     pub fault_exit_after_payment_step: bool,
+    /// Each service's database connection pool.
+    pub pool: tiffin_runtime::db::PoolSettings,
 }
 
 /// The services whose data the system keeps, one database each.

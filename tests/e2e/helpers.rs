@@ -49,6 +49,7 @@ pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
         queue_bus: "embedded:".to_owned(),
         stream_bus: "embedded:".to_owned(),
         fault_exit_after_payment_step: false,
+        pool: tiffin_runtime::db::PoolSettings::default(),
     }
 }
 

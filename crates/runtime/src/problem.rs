@@ -135,8 +135,40 @@ impl std::fmt::Display for Problem {
 impl std::error::Error for Problem {}
 
 /// Converts an unexpected error into a 500 problem, logging its cause chain.
+///
+/// A database pool with no free connection in time is load, not a fault: that
+/// becomes a 503 that tells the client to retry.
 pub fn internal_error(error: impl Into<anyhow::Error>) -> Problem {
     let error = error.into();
+    if matches!(
+        error.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::PoolTimedOut)
+    ) {
+        tracing::warn!(error = %error, "no database connection became free in time");
+        return Problem::unavailable(
+            "no database connection became free in time; retry in a moment",
+            1,
+        );
+    }
     tracing::error!(error = %error, cause = ?error, "request failed");
     Problem::internal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_timeout_is_unavailable() {
+        let problem = internal_error(sqlx::Error::PoolTimedOut);
+
+        assert_eq!(problem.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn other_errors_are_internal() {
+        let problem = internal_error(anyhow::anyhow!("disk on fire"));
+
+        assert_eq!(problem.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

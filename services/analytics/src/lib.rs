@@ -48,6 +48,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// The analytics database, `sqlite://...` or `postgres://...`.
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
     /// Retries of the stream reader.
     pub consumer: RetryPolicy,
 }
@@ -58,6 +60,7 @@ impl Settings {
         Self {
             http_addr,
             database_url,
+            pool: PoolSettings::default(),
             consumer: RetryPolicy::default(),
         }
     }
@@ -80,8 +83,7 @@ impl Service {
     ///
     /// Fails when the database cannot be opened or the address is taken.
     pub async fn build(settings: Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let db =
-            Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR).await?;
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR).await?;
         let listener = tiffin_runtime::http::bind(settings.http_addr).await?;
         let http_addr = listener.local_addr()?;
         Ok(Self {

@@ -58,6 +58,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// The database URL, `sqlite://PATH?mode=rwc` or `postgres://USER:PASSWORD@HOST/DB`.
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
     /// How long an access token stays valid, in whole seconds (at least 1 s).
     /// [`Settings::new`] sets [`Settings::DEFAULT_TOKEN_TTL`].
     pub token_ttl: Duration,
@@ -73,6 +75,7 @@ impl Settings {
         Self {
             http_addr,
             database_url: database_url.into(),
+            pool: PoolSettings::default(),
             token_ttl: Self::DEFAULT_TOKEN_TTL,
         }
     }
@@ -102,8 +105,7 @@ impl Service {
             settings.token_ttl
         );
 
-        let db =
-            Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR).await?;
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR).await?;
         let signer = load_or_create_signer(&db).await?;
         tracing::info!(kid = signer.kid(), "signing key loaded");
         let passwords = PasswordHasher::new().await?;

@@ -61,6 +61,8 @@ pub struct Settings {
     /// The database URL, `sqlite://PATH?mode=rwc` or `postgres://USER:PASSWORD@HOST/DB`
     /// (see [`Database::sqlite_url`]).
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
 }
 
 /// The state shared by the HTTP handlers.
@@ -112,7 +114,7 @@ impl Service {
     /// Fails when the database cannot be opened, migrated or written, or the address
     /// cannot be bound.
     pub async fn build(settings: Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let db = Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR)
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR)
             .await
             .context("failed to open the catalog database")?;
         let listener = http::bind(settings.http_addr).await?;

@@ -50,6 +50,7 @@ impl TestApp {
         let settings = Settings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url,
+            pool: tiffin_runtime::db::PoolSettings::default(),
         };
         let service = Service::build(settings, Arc::new(bus.clone()))
             .await

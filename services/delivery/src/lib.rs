@@ -103,6 +103,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// The database URL, `sqlite://PATH?mode=rwc` or `postgres://...`.
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
     /// How many times faster than real time simulated rides run: 1.0 is real time,
     /// 60.0 runs one simulated minute per second. Must be a finite number greater
     /// than 0. Default 1.0.
@@ -129,6 +131,7 @@ impl Settings {
         Self {
             http_addr,
             database_url: database_url.into(),
+            pool: PoolSettings::default(),
             time_scale: 1.0,
             couriers: 300,
             default_courier_share: Duration::from_secs(18 * 60),
@@ -179,7 +182,7 @@ impl Service {
             anyhow::bail!("invalid concurrency 0: it must be at least 1");
         }
 
-        let db = Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR)
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR)
             .await
             .context("failed to open the delivery database")?;
         fleet::create_once(&db, settings.couriers).await?;

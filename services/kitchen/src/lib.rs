@@ -94,6 +94,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// The database URL, `sqlite://PATH?mode=rwc` or `postgres://...`.
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
     /// How many times faster than real time simulated preparation runs: 1.0 is real
     /// time, 60.0 runs one simulated minute per second. Must be a finite number
     /// greater than 0. Default 1.0.
@@ -133,6 +135,7 @@ impl Settings {
         Self {
             http_addr,
             database_url: database_url.into(),
+            pool: PoolSettings::default(),
             time_scale: 1.0,
             default_preparation: Duration::from_secs(12 * 60),
             consumer: RetryPolicy::default(),
@@ -195,7 +198,7 @@ impl Service {
             reject_rate: RejectRate::new(settings.reject_rate)?,
         };
 
-        let db = Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR)
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR)
             .await
             .context("failed to open the kitchen database")?;
         let verifier = match &settings.jwks_url {

@@ -70,6 +70,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// The database URL, `sqlite://PATH?mode=rwc` or `postgres://...`.
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
     /// How notifications are delivered: `log:` records and logs them only, and
     /// `smtp://HOST:PORT?from=ADDRESS&to_domain=DOMAIN` sends them as plain-text mail
     /// without TLS from `ADDRESS` to `<customer_id>@DOMAIN`. Default `log:`.
@@ -90,6 +92,7 @@ impl Settings {
         Self {
             http_addr,
             database_url: database_url.into(),
+            pool: PoolSettings::default(),
             channel: "log:".to_owned(),
             consumer: RetryPolicy::default(),
             concurrency: 16,
@@ -134,7 +137,7 @@ impl Service {
             anyhow::bail!("invalid sender.max_attempts 0: it must be at least 1");
         }
 
-        let db = Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR)
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR)
             .await
             .context("failed to open the notifications database")?;
         let listener = tiffin_runtime::http::bind(settings.http_addr).await?;

@@ -60,6 +60,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// The order database, `sqlite://...` or `postgres://...`.
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
     /// The auth service's key set, for example `http://127.0.0.1:8081/v1/auth/jwks`.
     pub jwks_url: String,
     /// The payment service's gRPC endpoint, for example `http://127.0.0.1:8084`.
@@ -86,6 +88,7 @@ impl Settings {
         Self {
             http_addr,
             database_url,
+            pool: PoolSettings::default(),
             jwks_url,
             payments_url,
             payment_deadline: Duration::from_millis(500),
@@ -140,8 +143,7 @@ impl Service {
     /// Fails when the database, the auth key set or the bus cannot be reached, or the
     /// address is taken.
     pub async fn build(settings: Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let db =
-            Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR).await?;
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR).await?;
         let verifier = TokenVerifier::fetch(&settings.jwks_url, Duration::from_secs(30)).await?;
         let payments = PaymentsGateway::new(&settings.payments_url, settings.payment_deadline)?;
         let listener = tiffin_runtime::http::bind(settings.http_addr).await?;

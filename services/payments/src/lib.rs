@@ -55,6 +55,8 @@ pub struct Settings {
     /// `tiffin_runtime::db::Database::sqlite_url(data_dir, "payments")` or a
     /// `postgres://` URL.
     pub database_url: String,
+    /// Size and acquire timeout of the database connection pool.
+    pub pool: PoolSettings,
     /// Settings of the simulated card processor.
     pub processor: ProcessorSettings,
 }
@@ -83,7 +85,7 @@ impl Service {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.processor.validate()?;
 
-        let db = Database::open(&settings.database_url, &PoolSettings::default(), &MIGRATOR)
+        let db = Database::open(&settings.database_url, &settings.pool, &MIGRATOR)
             .await
             .context("failed to open the payments database")?;
         let listener = tiffin_runtime::http::bind(settings.grpc_addr).await?;

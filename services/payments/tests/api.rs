@@ -44,6 +44,7 @@ impl TestApp {
         let settings = Settings {
             grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
             database_url,
+            pool: tiffin_runtime::db::PoolSettings::default(),
             processor,
         };
         let service = Service::build(settings).await.expect("service builds");
@@ -653,6 +654,7 @@ async fn rate_out_of_range_fails_build() {
     let settings = Settings {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: Database::sqlite_url(dir.path(), "payments"),
+        pool: tiffin_runtime::db::PoolSettings::default(),
         processor: ProcessorSettings {
             decline_rate: 1.5,
             ..ProcessorSettings::default()
