@@ -50,6 +50,9 @@ struct Shared {
 }
 
 /// The per-message state of this member, which Kafka does not track.
+///
+/// NOTE: attempts are counted here only, so a message whose handler kills the
+/// process every time is redelivered to the next member as attempt 1, forever.
 #[derive(Default)]
 struct State {
     /// Offsets handed out or waiting for redelivery, not yet settled.
