@@ -246,20 +246,58 @@ impl Cluster {
     }
 
     fn spawn(&mut self, service: &'static str) -> anyhow::Result<()> {
-        let addr = self.addr(service);
+        let child = self.spawn_process(service, self.addr(service), service)?;
+        self.children.retain(|(name, _)| *name != service);
+        self.children.push((service, child));
+        Ok(())
+    }
+
+    fn spawn_process(
+        &self,
+        service: &str,
+        addr: SocketAddr,
+        log_name: &str,
+    ) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.data_dir.join("logs").join(format!("{service}.log")))?;
-        let child = Command::new(&self.exe)
+            .open(self.data_dir.join("logs").join(format!("{log_name}.log")))?;
+        Command::new(&self.exe)
             .args(["serve", service, "--listen", &addr.to_string()])
             .args(&self.common)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("failed to start {service}"))?;
-        self.children.retain(|(name, _)| *name != service);
+            .with_context(|| format!("failed to start {service}"))
+    }
+
+    /// Starts one more process of `service` on a free port, sharing the first one's
+    /// database and broker: its consumers join the same groups and its outbox
+    /// relay takes turns with the first one's. Clients still reach the first process
+    /// through the gateway. Its log is `<service>-<n>.log`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the service name is unknown, its data is in SQLite files (which
+    /// belong to one process), or the process cannot be spawned.
+    pub fn add_replica(&mut self, service: &str) -> anyhow::Result<()> {
+        let service = START_ORDER
+            .into_iter()
+            .find(|name| *name == service)
+            .with_context(|| format!("unknown service {service}"))?;
+        anyhow::ensure!(
+            matches!(self.databases, Databases::Postgres { .. }),
+            "replicas of {service} need --database postgres://...: a SQLite file belongs to one process"
+        );
+        let number = self
+            .children
+            .iter()
+            .filter(|(name, _)| *name == service)
+            .count()
+            + 1;
+        let addr = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
+        let child = self.spawn_process(service, addr, &format!("{service}-{number}"))?;
         self.children.push((service, child));
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The whole system on Kafka, and the distributed topology through a PostgreSQL
-//! restart.
+//! The whole system on Kafka, and the distributed topology on PostgreSQL through a
+//! restart of the server and with two replicas of each worker service.
 
 use std::time::Duration;
 
@@ -144,4 +144,79 @@ async fn distributed_survives_postgres_restart() {
 
     let (_, mut admin) = crate::postgres::admin().await.expect("PostgreSQL is back");
     drop_databases(&mut admin, &databases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_replicas_double_nothing() {
+    let _shared = POSTGRES.read().await;
+    let _rabbitmq = RABBITMQ.read().await;
+    let (server, mut admin) = match admin().await {
+        Ok(found) => found,
+        Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
+        }
+        Err(reason) => {
+            eprintln!("skipped: PostgreSQL is not available: {reason}");
+            return;
+        }
+    };
+    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+        return;
+    }
+    let vhost = Vhost::create();
+    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
+    let base = tiffin_runtime::db::with_database(&server, &prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let mut system = Distributed::start(
+        dir.path(),
+        &vhost.url(),
+        &["--database", &base],
+        "replicas@test.tiffin.dev",
+    )
+    .await;
+    let databases = system.cluster.databases().clone();
+    for service in [
+        "orders",
+        "kitchen",
+        "delivery",
+        "notifications",
+        "analytics",
+    ] {
+        system
+            .cluster
+            .add_replica(service)
+            .unwrap_or_else(|error| panic!("second {service} starts: {error:#}"));
+    }
+    // The replicas join their groups while the first orders are under way.
+    let orders = system.place(20, "replicas").await;
+    system
+        .cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("every process, replicas included, is still running");
+
+    system.finish(&orders, "two replicas of each worker").await;
+    let tickets = count(&databases, "kitchen", "SELECT COUNT(*) FROM tickets").await;
+    let deliveries = count(&databases, "delivery", "SELECT COUNT(*) FROM deliveries").await;
+    let analytics = count(&databases, "analytics", "SELECT COUNT(*) FROM order_facts").await;
+    drop_databases(&mut admin, &databases).await;
+
+    assert_eq!(tickets, 20, "one ticket per order");
+    assert_eq!(deliveries, 20, "one delivery per order");
+    assert_eq!(analytics, 20, "analytics counted each order once");
+}
+
+async fn count(databases: &tiffin::system::Databases, service: &str, sql: &'static str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&databases.url(service))
+        .await
+        .expect("database opens");
+    let count: i64 = sqlx::query_scalar(sql)
+        .fetch_one(&pool)
+        .await
+        .expect("count runs");
+    pool.close().await;
+    count
 }
