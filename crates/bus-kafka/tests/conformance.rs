@@ -13,7 +13,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message as _};
 use tiffin_bus::api::{Bus, Publisher, QueueSpec, StartPosition, StreamSpec, Subscriber};
-use tiffin_bus::conformance::{self, Connector, Features};
+use tiffin_bus::conformance::{self, Case, Connector, Features};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus_kafka::{DEAD_REASON_HEADER, KafkaBus, KafkaOptions, connect};
 
@@ -95,68 +95,17 @@ const FEATURES: Features = Features {
     counts_attempts_across_members: false,
 };
 
-async fn conformance_case<F, Fut>(case: F)
-where
-    F: FnOnce(Kafka) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    with_bus(|bus| {
+async fn run(case: Case) {
+    with_bus(|bus| async move {
         let connector = Kafka {
             options: bus.options().clone(),
         };
-        case(connector)
+        conformance::run_case(case, &connector, FEATURES).await;
     })
     .await;
 }
 
-#[tokio::test]
-async fn publish_reaches_every_group() {
-    conformance_case(|c| async move { conformance::publish_reaches_every_group(&c).await }).await;
-}
-
-#[tokio::test]
-async fn competing_members_share_the_queue() {
-    conformance_case(|c| async move { conformance::competing_members_share_the_queue(&c).await })
-        .await;
-}
-
-#[tokio::test]
-async fn nack_redelivers() {
-    conformance_case(|c| async move { conformance::nack_redelivers(&c, FEATURES).await }).await;
-}
-
-#[tokio::test]
-async fn unacked_message_is_redelivered() {
-    conformance_case(|c| async move {
-        conformance::unacked_message_is_redelivered(&c, FEATURES).await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn poison_message_is_dead_lettered() {
-    conformance_case(|c| async move { conformance::poison_message_is_dead_lettered(&c).await })
-        .await;
-}
-
-#[tokio::test]
-async fn stream_keeps_per_key_order() {
-    conformance_case(|c| async move { conformance::stream_keeps_per_key_order(&c).await }).await;
-}
-
-#[tokio::test]
-async fn stream_replays_from_start_offset_and_time() {
-    conformance_case(|c| async move {
-        conformance::stream_replays_from_start_offset_and_time(&c, FEATURES).await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn stream_position_survives_reconnect() {
-    conformance_case(|c| async move { conformance::stream_position_survives_reconnect(&c).await })
-        .await;
-}
+tiffin_bus::conformance_tests!(run);
 
 // === Kafka specifics ===
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tiffin_bus::api::{Bus, Publisher, QueueSpec, Subscriber};
-use tiffin_bus::conformance::{self, Connector, Features};
+use tiffin_bus::conformance::{self, Case, Connector, Features};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus_nats::{DEAD_REASON_HEADER, NatsBus, NatsOptions, connect};
 use tokio::net::TcpListener;
@@ -93,69 +93,18 @@ const FEATURES: Features = Features {
     counts_attempts_across_members: true,
 };
 
-async fn conformance_case<F, Fut>(case: F)
-where
-    F: FnOnce(Nats) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    with_bus(|bus| {
+async fn run(case: Case) {
+    with_bus(|bus| async move {
         let connector = Nats {
             url: server_url(),
             options: bus.options().clone(),
         };
-        case(connector)
+        conformance::run_case(case, &connector, FEATURES).await;
     })
     .await;
 }
 
-#[tokio::test]
-async fn publish_reaches_every_group() {
-    conformance_case(|c| async move { conformance::publish_reaches_every_group(&c).await }).await;
-}
-
-#[tokio::test]
-async fn competing_members_share_the_queue() {
-    conformance_case(|c| async move { conformance::competing_members_share_the_queue(&c).await })
-        .await;
-}
-
-#[tokio::test]
-async fn nack_redelivers() {
-    conformance_case(|c| async move { conformance::nack_redelivers(&c, FEATURES).await }).await;
-}
-
-#[tokio::test]
-async fn unacked_message_is_redelivered() {
-    conformance_case(|c| async move {
-        conformance::unacked_message_is_redelivered(&c, FEATURES).await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn poison_message_is_dead_lettered() {
-    conformance_case(|c| async move { conformance::poison_message_is_dead_lettered(&c).await })
-        .await;
-}
-
-#[tokio::test]
-async fn stream_keeps_per_key_order() {
-    conformance_case(|c| async move { conformance::stream_keeps_per_key_order(&c).await }).await;
-}
-
-#[tokio::test]
-async fn stream_replays_from_start_offset_and_time() {
-    conformance_case(|c| async move {
-        conformance::stream_replays_from_start_offset_and_time(&c, FEATURES).await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn stream_position_survives_reconnect() {
-    conformance_case(|c| async move { conformance::stream_position_survives_reconnect(&c).await })
-        .await;
-}
+tiffin_bus::conformance_tests!(run);
 
 // === JetStream specifics ===
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use support::TestVhost;
 use tiffin_bus::api::Bus;
-use tiffin_bus::conformance::{self, Connector, Features};
+use tiffin_bus::conformance::{self, Case, Connector, Features};
 
 struct Rabbit {
     vhost: TestVhost,
@@ -38,50 +38,9 @@ const FEATURES: Features = Features {
     counts_attempts_across_members: true,
 };
 
-#[tokio::test]
-async fn publish_reaches_every_group() {
+async fn run(case: Case) {
     let Some(rabbit) = rabbit().await else { return };
-    conformance::publish_reaches_every_group(&rabbit).await;
+    conformance::run_case(case, &rabbit, FEATURES).await;
 }
 
-#[tokio::test]
-async fn competing_members_share_the_queue() {
-    let Some(rabbit) = rabbit().await else { return };
-    conformance::competing_members_share_the_queue(&rabbit).await;
-}
-
-#[tokio::test]
-async fn nack_redelivers() {
-    let Some(rabbit) = rabbit().await else { return };
-    conformance::nack_redelivers(&rabbit, FEATURES).await;
-}
-
-#[tokio::test]
-async fn unacked_message_is_redelivered() {
-    let Some(rabbit) = rabbit().await else { return };
-    conformance::unacked_message_is_redelivered(&rabbit, FEATURES).await;
-}
-
-#[tokio::test]
-async fn poison_message_is_dead_lettered() {
-    let Some(rabbit) = rabbit().await else { return };
-    conformance::poison_message_is_dead_lettered(&rabbit).await;
-}
-
-#[tokio::test]
-async fn stream_keeps_per_key_order() {
-    let Some(rabbit) = rabbit().await else { return };
-    conformance::stream_keeps_per_key_order(&rabbit).await;
-}
-
-#[tokio::test]
-async fn stream_replays_from_start_offset_and_time() {
-    let Some(rabbit) = rabbit().await else { return };
-    conformance::stream_replays_from_start_offset_and_time(&rabbit, FEATURES).await;
-}
-
-#[tokio::test]
-async fn stream_position_survives_reconnect() {
-    let Some(rabbit) = rabbit().await else { return };
-    conformance::stream_position_survives_reconnect(&rabbit).await;
-}
+tiffin_bus::conformance_tests!(run);

@@ -1,8 +1,8 @@
 //! The contract every bus backend must meet, as tests that run against a real
 //! engine.
 //!
-//! A backend's test crate implements [`Connector`] and calls each case, or
-//! [`run_all`]. Every case uses its own event types, queues and stream groups (named
+//! A backend's test crate implements [`Connector`] and declares the cases as tests
+//! with [`conformance_tests!`](crate::conformance_tests), or calls [`run_all`]. Every case uses its own event types, queues and stream groups (named
 //! after a fresh UUID), so cases run in parallel against one shared engine and leave
 //! nothing that a later run would read. Where backends legitimately differ, the
 //! backend declares what it guarantees in [`Features`] and the cases check that.
@@ -44,16 +44,89 @@ pub struct Features {
     pub counts_attempts_across_members: bool,
 }
 
-/// Runs every case.
+/// One case of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// [`publish_reaches_every_group`]
+    PublishReachesEveryGroup,
+    /// [`competing_members_share_the_queue`]
+    CompetingMembersShareTheQueue,
+    /// [`nack_redelivers`]
+    NackRedelivers,
+    /// [`unacked_message_is_redelivered`]
+    UnackedMessageIsRedelivered,
+    /// [`poison_message_is_dead_lettered`]
+    PoisonMessageIsDeadLettered,
+    /// [`stream_keeps_per_key_order`]
+    StreamKeepsPerKeyOrder,
+    /// [`stream_replays_from_start_offset_and_time`]
+    StreamReplaysFromStartOffsetAndTime,
+    /// [`stream_position_survives_reconnect`]
+    StreamPositionSurvivesReconnect,
+}
+
+impl Case {
+    /// Every case, in the order [`run_all`] runs them.
+    pub const ALL: [Case; 8] = [
+        Case::PublishReachesEveryGroup,
+        Case::CompetingMembersShareTheQueue,
+        Case::NackRedelivers,
+        Case::UnackedMessageIsRedelivered,
+        Case::PoisonMessageIsDeadLettered,
+        Case::StreamKeepsPerKeyOrder,
+        Case::StreamReplaysFromStartOffsetAndTime,
+        Case::StreamPositionSurvivesReconnect,
+    ];
+}
+
+/// Runs one case against `connector`.
+pub async fn run_case(case: Case, connector: &dyn Connector, features: Features) {
+    match case {
+        Case::PublishReachesEveryGroup => publish_reaches_every_group(connector).await,
+        Case::CompetingMembersShareTheQueue => competing_members_share_the_queue(connector).await,
+        Case::NackRedelivers => nack_redelivers(connector, features).await,
+        Case::UnackedMessageIsRedelivered => {
+            unacked_message_is_redelivered(connector, features).await;
+        }
+        Case::PoisonMessageIsDeadLettered => poison_message_is_dead_lettered(connector).await,
+        Case::StreamKeepsPerKeyOrder => stream_keeps_per_key_order(connector).await,
+        Case::StreamReplaysFromStartOffsetAndTime => {
+            stream_replays_from_start_offset_and_time(connector, features).await;
+        }
+        Case::StreamPositionSurvivesReconnect => {
+            stream_position_survives_reconnect(connector).await;
+        }
+    }
+}
+
+/// Runs every case, one after another.
 pub async fn run_all(connector: &dyn Connector, features: Features) {
-    publish_reaches_every_group(connector).await;
-    competing_members_share_the_queue(connector).await;
-    nack_redelivers(connector, features).await;
-    unacked_message_is_redelivered(connector, features).await;
-    poison_message_is_dead_lettered(connector).await;
-    stream_keeps_per_key_order(connector).await;
-    stream_replays_from_start_offset_and_time(connector, features).await;
-    stream_position_survives_reconnect(connector).await;
+    for case in Case::ALL {
+        run_case(case, connector, features).await;
+    }
+}
+
+/// Declares one `#[tokio::test]` per [`Case`], each calling `$run(case).await`, where
+/// `$run` is the backend's `async fn(Case)` that connects, calls [`run_case`] and
+/// cleans up.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($run:path) => {
+        $crate::conformance_tests!(@case $run, publish_reaches_every_group, PublishReachesEveryGroup);
+        $crate::conformance_tests!(@case $run, competing_members_share_the_queue, CompetingMembersShareTheQueue);
+        $crate::conformance_tests!(@case $run, nack_redelivers, NackRedelivers);
+        $crate::conformance_tests!(@case $run, unacked_message_is_redelivered, UnackedMessageIsRedelivered);
+        $crate::conformance_tests!(@case $run, poison_message_is_dead_lettered, PoisonMessageIsDeadLettered);
+        $crate::conformance_tests!(@case $run, stream_keeps_per_key_order, StreamKeepsPerKeyOrder);
+        $crate::conformance_tests!(@case $run, stream_replays_from_start_offset_and_time, StreamReplaysFromStartOffsetAndTime);
+        $crate::conformance_tests!(@case $run, stream_position_survives_reconnect, StreamPositionSurvivesReconnect);
+    };
+    (@case $run:path, $name:ident, $case:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            $run($crate::conformance::Case::$case).await;
+        }
+    };
 }
 
 /// Names unique to one case.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tiffin_bus::api::Bus;
-use tiffin_bus::conformance::{self, Connector, Features};
+use tiffin_bus::conformance::{self, Case, Connector, Features};
 use tiffin_bus::embedded::EmbeddedBus;
 
 /// One log file per case. "Reconnecting" hands out the same bus: the embedded
@@ -39,45 +39,11 @@ const FEATURES: Features = Features {
     counts_attempts_across_members: true,
 };
 
-#[tokio::test]
-async fn publish_reaches_every_group() {
-    conformance::publish_reaches_every_group(&Embedded::new().await).await;
+async fn run(case: Case) {
+    conformance::run_case(case, &Embedded::new().await, FEATURES).await;
 }
 
-#[tokio::test]
-async fn competing_members_share_the_queue() {
-    conformance::competing_members_share_the_queue(&Embedded::new().await).await;
-}
-
-#[tokio::test]
-async fn nack_redelivers() {
-    conformance::nack_redelivers(&Embedded::new().await, FEATURES).await;
-}
-
-#[tokio::test]
-async fn unacked_message_is_redelivered() {
-    conformance::unacked_message_is_redelivered(&Embedded::new().await, FEATURES).await;
-}
-
-#[tokio::test]
-async fn poison_message_is_dead_lettered() {
-    conformance::poison_message_is_dead_lettered(&Embedded::new().await).await;
-}
-
-#[tokio::test]
-async fn stream_keeps_per_key_order() {
-    conformance::stream_keeps_per_key_order(&Embedded::new().await).await;
-}
-
-#[tokio::test]
-async fn stream_replays_from_start_offset_and_time() {
-    conformance::stream_replays_from_start_offset_and_time(&Embedded::new().await, FEATURES).await;
-}
-
-#[tokio::test]
-async fn stream_position_survives_reconnect() {
-    conformance::stream_position_survives_reconnect(&Embedded::new().await).await;
-}
+tiffin_bus::conformance_tests!(run);
 
 /// Two embedded logs, one for queues and one for the stream, behind one bus.
 struct Split {
