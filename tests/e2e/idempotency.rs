@@ -200,3 +200,48 @@ async fn redelivered_event_changes_nothing() {
     );
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_request_still_places_order() {
+    let system = TestSystem::start_with(|settings| {
+        settings.processor.latency = Duration::from_millis(400);
+    })
+    .await;
+    let customer = system.customer("quitter").await;
+    let (restaurant, items) = system.restaurant_with_menu(2).await;
+    let body = order_body(&restaurant, &[&items[0]]);
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+
+    let abandoned = impatient
+        .post(system.url("/v1/orders"))
+        .bearer_auth(&customer.token)
+        .header("Idempotency-Key", "left-early")
+        .json(&body)
+        .send()
+        .await;
+    assert!(
+        abandoned.is_err(),
+        "the client gave up before the payment answered"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let orders = count_rows(system.dir.path(), "orders", "SELECT COUNT(*) FROM orders").await;
+    let payments = count_rows(
+        system.dir.path(),
+        "payments",
+        "SELECT COUNT(*) FROM payments",
+    )
+    .await;
+    let retry = system
+        .place(&customer.token, Some("left-early"), &body)
+        .await;
+    assert_eq!(orders, 1, "the order was stored although its client left");
+    assert_eq!(payments, 1);
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    system.stop().await;
+}

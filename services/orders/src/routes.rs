@@ -55,7 +55,20 @@ async fn create_order(
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
     )?;
 
-    let placed = place_order(&state, &claims.sub, &key, &request, trace).await?;
+    // The flow runs in a task of its own: a client that disconnects must not cancel
+    // it between the payment's authorization and the order's commit, which would
+    // leave money held for an order that does not exist.
+    let placed = {
+        let state = state.clone();
+        let customer = claims.sub.clone();
+        tokio::spawn(async move { place_order(&state, &customer, &key, &request, trace).await })
+            .await
+            .map_err(|error| {
+                tiffin_runtime::problem::internal_error(anyhow::anyhow!(
+                    "the order placement task failed: {error}"
+                ))
+            })??
+    };
 
     let order = placed.order;
     let location = format!("/v1/orders/{}", order.id);
