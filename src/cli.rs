@@ -58,6 +58,9 @@ pub enum Command {
     /// Inspect and replay messages that consumers gave up on.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Measure the place-order flow under wrk: throughput, latency, CPU and memory
+    /// per order, and integrity; optionally against a reference implementation.
+    Bench(BenchArgs),
 }
 
 /// The data directory of the embedded system.
@@ -435,4 +438,58 @@ pub enum DeadLetterCommand {
         #[command(flatten)]
         data: DataDirArg,
     },
+}
+
+/// `tiffin bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// wrk connections, each with its own customer's token.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+
+    /// Length of the measured run, seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+
+    /// wrk threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: u32,
+
+    /// Warm-up before each measured run, seconds; 0 for none.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+
+    /// The wrk script that places orders.
+    #[arg(long, default_value = "bench/place-order.lua")]
+    pub script: PathBuf,
+
+    /// Run every service as its own process (needs --bus with a broker) instead of
+    /// all in this one.
+    #[arg(long)]
+    pub distributed: bool,
+
+    /// Keep the services' data on this PostgreSQL server instead of in SQLite
+    /// files, one database per service as for `tiffin up --database`.
+    #[arg(long, value_name = "URL", hide_env_values = true)]
+    pub database: Option<String>,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
+
+    #[command(flatten)]
+    pub bus: BusArgs,
+
+    /// A writable copy of the reference implementation's folder: its `run.sh` runs
+    /// before each Tiffin round with the same connections and duration, and the
+    /// summary compares the two.
+    #[arg(long, value_name = "DIR")]
+    pub reference: Option<PathBuf>,
+
+    /// Rounds of each implementation.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+
+    /// Write every round's figures as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }

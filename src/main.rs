@@ -52,6 +52,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         Command::Up(args) => demo::up(args).await.map(|()| true),
         Command::Demo(args) => demo::demo(args).await,
         Command::Serve(args) => tiffin::serve::serve(args).await.map(|()| true),
+        Command::Bench(args) => tiffin::bench::run(&args).await,
         Command::Load(args) => {
             let summary = load::run(load::LoadSettings {
                 target: args.target.clone(),

@@ -68,7 +68,7 @@ impl SystemCounts {
     }
 }
 
-async fn open(databases: &Databases, name: &str) -> anyhow::Result<AnyPool> {
+pub(crate) async fn open(databases: &Databases, name: &str) -> anyhow::Result<AnyPool> {
     sqlx::any::install_default_drivers();
     let url = databases.read_url(name);
     AnyPoolOptions::new()
@@ -348,7 +348,7 @@ pub async fn count(databases: impl Into<Databases>) -> anyhow::Result<SystemCoun
     Ok(counts)
 }
 
-fn percentile(sorted: &[i64], quantile: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[i64], quantile: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -320,6 +320,14 @@ impl Cluster {
         &self.databases
     }
 
+    /// Returns the service and process id of every running process.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        self.children
+            .iter()
+            .filter_map(|(name, child)| child.id().map(|pid| (*name, pid)))
+            .collect()
+    }
+
     /// Returns the directory of the processes' logs.
     pub fn logs_dir(&self) -> std::path::PathBuf {
         self.data_dir.join("logs")

@@ -1,0 +1,561 @@
+//! `tiffin bench`: the place-order benchmark.
+//!
+//! A round starts Tiffin in the benchmark configuration: preparation and delivery
+//! take no time, and there is no simulated payment latency and no rejection. It
+//! registers one customer per connection and writes the inputs of the wrk script, a
+//! menu file of the restaurants open around the clock and a token file. Then it
+//! warms up and runs wrk while it samples CPU time from `/proc`. After the load it waits for every event
+//! to be handled and reads the figures from the services' databases: end-to-end
+//! latency from an order's placement to its stored `ready` notification, and the
+//! integrity counts and audit. With a reference implementation the rounds alternate
+//! (reference, Tiffin, reference, Tiffin) so that both see the same machine, and
+//! the summary compares them.
+
+pub mod figures;
+pub mod procs;
+mod reference;
+pub mod wrk;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::BenchArgs;
+use crate::serve::Cluster;
+use crate::system::{Databases, System, SystemSettings};
+use figures::EndToEnd;
+use wrk::WrkFigures;
+
+/// The figures of one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    /// `tiffin` or `reference`.
+    pub implementation: String,
+    /// Throughput and HTTP latency, from wrk.
+    pub wrk: WrkFigures,
+    /// From placement to the stored `ready` notification.
+    pub end_to_end: EndToEnd,
+    /// True when every order has one authorization, one ticket and its
+    /// notifications, and nothing was lost or doubled.
+    pub integrity_ok: bool,
+    /// The integrity counts, for the report.
+    pub integrity: String,
+    /// CPU seconds per process group during the measured run.
+    pub cpu_s: BTreeMap<String, f64>,
+    /// The prefix of the groups that are the implementation's own processes.
+    pub own_prefix: String,
+    /// Peak resident memory of each of the implementation's processes.
+    pub peak_rss_bytes: BTreeMap<String, u64>,
+}
+
+impl Figures {
+    /// Returns CPU milliseconds per placed order of `group`.
+    fn per_order_ms(&self, seconds: f64) -> f64 {
+        if self.wrk.created == 0 {
+            return 0.0;
+        }
+        seconds * 1000.0 / self.wrk.created as f64
+    }
+
+    /// Returns CPU milliseconds per placed order of the implementation's own
+    /// processes together.
+    pub fn own_cpu_ms_per_order(&self) -> f64 {
+        let own: f64 = self
+            .cpu_s
+            .iter()
+            .filter(|(group, _)| group.starts_with(&self.own_prefix))
+            .map(|(_, seconds)| seconds)
+            .sum();
+        self.per_order_ms(own)
+    }
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let wrk = &self.wrk;
+        writeln!(
+            f,
+            "throughput   {:.1} orders/s ({} placed, {} other responses, {} socket errors)",
+            wrk.orders_per_s,
+            wrk.created,
+            wrk.other,
+            wrk.errors_connect + wrk.errors_read + wrk.errors_write + wrk.errors_timeout
+        )?;
+
+        writeln!(
+            f,
+            "HTTP latency p50 {:.2} ms, p99 {:.2} ms",
+            wrk.http_p50_ms, wrk.http_p99_ms
+        )?;
+        writeln!(
+            f,
+            "end to end   p50 {:.2} ms, p99 {:.2} ms (placed to the ready notification, {} orders)",
+            self.end_to_end.p50_ms, self.end_to_end.p99_ms, self.end_to_end.orders
+        )?;
+
+        let verdict = if self.integrity_ok { "OK" } else { "FAILED" };
+        writeln!(f, "integrity    {verdict} {}", self.integrity)?;
+        writeln!(
+            f,
+            "CPU per order {:.3} ms in the implementation's own processes; by group:",
+            self.own_cpu_ms_per_order()
+        )?;
+        let mut groups: Vec<(&String, &f64)> = self.cpu_s.iter().collect();
+        groups.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (group, seconds) in groups {
+            writeln!(
+                f,
+                "  {group:<28} {:>8.3} ms/order ({seconds:.2} s)",
+                self.per_order_ms(*seconds)
+            )?;
+        }
+        if !self.peak_rss_bytes.is_empty() {
+            let total: u64 = self.peak_rss_bytes.values().sum();
+            writeln!(
+                f,
+                "peak RSS     {:.1} MB in all ({})",
+                total as f64 / 1e6,
+                self.peak_rss_bytes
+                    .iter()
+                    .map(|(name, bytes)| format!("{name} {:.1} MB", *bytes as f64 / 1e6))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the benchmark and prints the figures; returns false when a round's
+/// integrity check failed.
+///
+/// # Errors
+///
+/// Fails when the system cannot start, wrk or the reference cannot run, or the
+/// databases cannot be read.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        args.script.exists(),
+        "wrk script {} not found; run from the project folder or pass --script",
+        args.script.display()
+    );
+    anyhow::ensure!(args.rounds >= 1, "--rounds is 0; it must be at least 1");
+    let topology = if args.distributed {
+        "distributed"
+    } else {
+        "all-in-one"
+    };
+    let scratch = tempfile::tempdir()?;
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        if let Some(dir) = &args.reference {
+            eprintln!(
+                "Round {round}: reference, {} connections for {} s...",
+                args.connections, args.duration
+            );
+            let figures = reference::run(
+                dir,
+                &args.script,
+                &scratch.path().join(format!("reference-{round}")),
+                args.duration,
+                args.connections,
+                args.threads,
+            )
+            .await?;
+            eprintln!("{figures}");
+            rounds.push(figures);
+        }
+        eprintln!(
+            "Round {round}: Tiffin {topology}, {} connections for {} s...",
+            args.connections, args.duration
+        );
+        let figures = tiffin_round(args, round).await?;
+        eprintln!("{figures}");
+        rounds.push(figures);
+    }
+
+    let ok = rounds.iter().all(|figures| figures.integrity_ok);
+    let comparison = compare(&rounds);
+    if let Some(text) = &comparison {
+        println!("{text}");
+    }
+    if let Some(path) = &args.report {
+        crate::demo::write_json(
+            path,
+            &serde_json::json!({
+                "topology": topology,
+                "connections": args.connections,
+                "duration_s": args.duration,
+                "threads": args.threads,
+                "rounds": rounds,
+            }),
+        )?;
+        eprintln!("Report written to {}", path.display());
+    }
+    Ok(ok)
+}
+
+/// Reads one figure of a round.
+type Metric = fn(&Figures) -> f64;
+
+/// Compares the mean figures of both implementations, as ratios Tiffin over
+/// reference, when there are rounds of both.
+fn compare(rounds: &[Figures]) -> Option<String> {
+    let mean = |name: &str, value: Metric| {
+        let values: Vec<f64> = rounds
+            .iter()
+            .filter(|figures| figures.implementation == name)
+            .map(value)
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let rows: [(&str, Metric); 6] = [
+        ("orders/s", |f| f.wrk.orders_per_s),
+        ("HTTP p50 ms", |f| f.wrk.http_p50_ms),
+        ("HTTP p99 ms", |f| f.wrk.http_p99_ms),
+        ("end-to-end p50 ms", |f| f.end_to_end.p50_ms),
+        ("end-to-end p99 ms", |f| f.end_to_end.p99_ms),
+        ("own CPU ms/order", |f| f.own_cpu_ms_per_order()),
+    ];
+    let mut text = String::from("\nMean over rounds     Tiffin   reference   Tiffin/reference\n");
+    for (label, value) in rows {
+        let (Some(ours), Some(theirs)) = (mean("tiffin", value), mean("reference", value)) else {
+            return None;
+        };
+        let ratio = if theirs == 0.0 { 0.0 } else { ours / theirs };
+        text.push_str(&format!(
+            "{label:<18} {ours:>9.2} {theirs:>11.2} {ratio:>14.2}x\n"
+        ));
+    }
+    Some(text)
+}
+
+/// The system under test.
+enum Target {
+    InProcess(System),
+    Processes(Cluster),
+}
+
+impl Target {
+    async fn start(args: &BenchArgs, dir: &Path) -> anyhow::Result<Self> {
+        if args.distributed {
+            let mut argv: Vec<String> = ["tiffin", "demo", "--distributed"]
+                .map(str::to_owned)
+                .to_vec();
+            let (queue_url, stream_url) = args.bus.urls();
+            argv.extend(["--queue-bus".to_owned(), queue_url]);
+            argv.extend(["--stream-bus".to_owned(), stream_url]);
+            argv.extend(BENCH_SIMULATION.map(str::to_owned));
+            argv.extend([
+                "--db-max-connections".to_owned(),
+                args.pool.db_max_connections.to_string(),
+                "--db-acquire-timeout".to_owned(),
+                args.pool.db_acquire_timeout.to_string(),
+            ]);
+            if let Some(database) = &args.database {
+                argv.extend(["--database".to_owned(), database.clone()]);
+            }
+            let cli = crate::cli::Cli::try_parse_from(&argv)
+                .context("the benchmark's process settings do not parse")?;
+            let crate::cli::Command::Demo(demo) = cli.command else {
+                unreachable!("parsed as demo");
+            };
+            let mut cluster = Cluster::start(&demo, dir).await?;
+            if let Err(error) = cluster.wait_ready(Duration::from_secs(180)).await {
+                cluster.stop().await;
+                return Err(error);
+            }
+            return Ok(Self::Processes(cluster));
+        }
+        let (queue_bus, stream_bus) = args.bus.urls();
+        let system = System::start(SystemSettings {
+            data_dir: dir.to_path_buf(),
+            database: args.database.clone(),
+            gateway_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            port_base: 0,
+            time_scale: BENCH_TIME_SCALE,
+            processor: tiffin_payments::ProcessorSettings {
+                latency: Duration::ZERO,
+                latency_jitter: Duration::ZERO,
+                error_rate: 0.0,
+                decline_rate: 0.0,
+            },
+            notify_channel: "log:".to_owned(),
+            reject_rate: 0.0,
+            kitchen_capacity: BENCH_KITCHEN_CAPACITY,
+            couriers: BENCH_COURIERS,
+            queue_bus,
+            stream_bus,
+            fault_exit_after_payment_step: false,
+            pool: args.pool.settings(),
+        })
+        .await?;
+        if let Err(error) = system.wait_ready(Duration::from_secs(120)).await {
+            system.stop().await;
+            return Err(error);
+        }
+        Ok(Self::InProcess(system))
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::InProcess(system) => system.gateway_url.clone(),
+            Self::Processes(cluster) => cluster.gateway_url(),
+        }
+    }
+
+    fn databases(&self) -> &Databases {
+        match self {
+            Self::InProcess(system) => system.databases(),
+            Self::Processes(cluster) => cluster.databases(),
+        }
+    }
+
+    /// Returns the processes that run Tiffin, with their group names.
+    fn processes(&self) -> HashMap<u32, String> {
+        match self {
+            Self::InProcess(_) => {
+                HashMap::from([(std::process::id(), "tiffin (all services)".to_owned())])
+            }
+            Self::Processes(cluster) => cluster
+                .processes()
+                .into_iter()
+                .map(|(service, pid)| (pid, format!("tiffin {service}")))
+                .collect(),
+        }
+    }
+
+    async fn wait_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess(system) => system.wait_quiet(timeout).await,
+            Self::Processes(cluster) => {
+                crate::system::wait_quiet(cluster.databases(), None, timeout).await
+            }
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::InProcess(system) => system.stop().await,
+            Self::Processes(cluster) => cluster.stop().await,
+        }
+    }
+}
+
+/// Simulated durations run this many times faster than real time, so preparation
+/// and delivery take well under a millisecond.
+const BENCH_TIME_SCALE: f64 = 1e6;
+/// Tickets a restaurant's kitchen takes at once: enough never to reject for load.
+const BENCH_KITCHEN_CAPACITY: u32 = 100_000;
+/// Couriers: far more than the orders in flight at 64 connections.
+const BENCH_COURIERS: usize = 2_000;
+/// The same simulation for `tiffin serve` processes.
+const BENCH_SIMULATION: [&str; 12] = [
+    "--speed",
+    "1000000",
+    "--kitchen-capacity",
+    "100000",
+    "--couriers",
+    "2000",
+    "--payment-latency-ms",
+    "0",
+    "--reject-rate",
+    "0",
+    "--decline-rate",
+    "0",
+];
+
+async fn tiffin_round(args: &BenchArgs, round: u32) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let target = Target::start(args, dir.path()).await?;
+    let outcome = measure(args, &target, dir.path(), round).await;
+    target.stop().await;
+    outcome
+}
+
+async fn measure(
+    args: &BenchArgs,
+    target: &Target,
+    dir: &Path,
+    round: u32,
+) -> anyhow::Result<Figures> {
+    let url = target.url();
+    let http = tiffin_runtime::http::client(Duration::from_secs(30))?;
+    let menu_file = dir.join("menu.txt");
+    let tokens_file = dir.join("tokens.txt");
+    write_menu(&http, &url, &menu_file).await?;
+    write_tokens(&http, &url, args.connections, &tokens_file).await?;
+    let stamp = uuid::Uuid::now_v7().simple().to_string();
+    let mut load = wrk::Run {
+        script: &args.script,
+        url: &url,
+        menu_file: &menu_file,
+        tokens_file: &tokens_file,
+        run_id: &format!("warmup-{round}-{stamp}"),
+        connections: args.connections,
+        threads: args.threads,
+        duration: Duration::from_secs(args.warmup),
+    };
+    if args.warmup > 0 {
+        load.run().await.context("the warm-up failed")?;
+        target.wait_quiet(Duration::from_secs(300)).await?;
+    }
+
+    let run_id = format!("run-{round}-{stamp}");
+    load.run_id = &run_id;
+    load.duration = Duration::from_secs(args.duration);
+    let own = target.processes();
+    let started_ms = tiffin_runtime::time::now_millis();
+    let before = procs::Snapshot::take();
+    let wrk = load.run().await?;
+    let after = procs::Snapshot::take();
+    let peak_rss_bytes = own
+        .iter()
+        .map(|(pid, name)| (name.clone(), procs::peak_rss(*pid)))
+        .collect();
+    let cpu_s = procs::cpu_by_group(&before, &after, &own);
+
+    target.wait_quiet(Duration::from_secs(300)).await?;
+    let databases = target.databases();
+    let mut counts = crate::report::count(databases).await?;
+    for _ in 0..600 {
+        if counts.analytics_orders == counts.placed && counts.lost == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        counts = crate::report::count(databases).await?;
+    }
+    let audit = crate::audit::audit(databases, 300_000).await?;
+    let end_to_end = figures::end_to_end(databases, started_ms).await?;
+    let integrity = format!(
+        "({} orders: lost {}, missing tickets {}, duplicate tickets {}, duplicate notifications {}, wrong notification counts {}, duplicate authorizations {}, orders without authorization {}, analytics {} of {}, audit violations {})",
+        counts.placed,
+        counts.lost,
+        counts.missing_tickets,
+        counts.duplicate_tickets,
+        counts.duplicate_notifications,
+        counts.orders_with_wrong_notifications,
+        counts.duplicate_authorizations,
+        counts.orders_without_authorization,
+        counts.analytics_orders,
+        counts.placed,
+        audit.violations.len(),
+    );
+    if let Some(first) = audit.violations.first() {
+        eprintln!(
+            "audit: {} violations, the first: {} for {}: {}",
+            audit.violations.len(),
+            first.rule,
+            first.order_id,
+            first.detail
+        );
+    }
+    Ok(Figures {
+        implementation: "tiffin".to_owned(),
+        wrk,
+        end_to_end,
+        integrity_ok: counts.is_clean() && audit.is_clean(),
+        integrity,
+        cpu_s,
+        own_prefix: "tiffin".to_owned(),
+        peak_rss_bytes,
+    })
+}
+
+/// Writes the wrk script's menu file: the restaurants open around the clock, so
+/// that no order is rejected as out of hours, each with its menu item ids.
+async fn write_menu(http: &reqwest::Client, url: &str, path: &Path) -> anyhow::Result<()> {
+    let mut restaurants = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut page_url = format!("{url}/v1/restaurants?limit=100");
+        if let Some(cursor) = &cursor {
+            page_url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = http
+            .get(&page_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for restaurant in page["items"].as_array().into_iter().flatten() {
+            if restaurant["opening_hours"] == "24/7"
+                && let Some(id) = restaurant["id"].as_str()
+            {
+                restaurants.push(id.to_owned());
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    anyhow::ensure!(
+        !restaurants.is_empty(),
+        "the catalog has no restaurant open around the clock to order from"
+    );
+    let mut lines = Vec::new();
+    for restaurant in restaurants {
+        let menu: Value = http
+            .get(format!("{url}/v1/restaurants/{restaurant}/menu"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let items: Vec<&str> = menu["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["id"].as_str())
+            .collect();
+        if !items.is_empty() {
+            lines.push(format!("{restaurant} {}", items.join(" ")));
+        }
+    }
+    std::fs::write(path, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// Registers one customer per connection and writes one access token per line.
+async fn write_tokens(
+    http: &reqwest::Client,
+    url: &str,
+    connections: u32,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let mut tokens = Vec::new();
+    for n in 0..connections {
+        let credentials = serde_json::json!({
+            "email": format!("bench-{n}@bench.tiffin.dev"),
+            "password": format!("bench-password-{n}"),
+        });
+        // A customer registered by an earlier round logs in all the same.
+        http.post(format!("{url}/v1/auth/register"))
+            .json(&credentials)
+            .send()
+            .await?;
+        let login: Value = http
+            .post(format!("{url}/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await?
+            .error_for_status()
+            .context("logging a benchmark customer in failed")?
+            .json()
+            .await?;
+        let token = login["access_token"]
+            .as_str()
+            .context("the login response has no access_token")?;
+        tokens.push(token.to_owned());
+    }
+    std::fs::write(path, tokens.join("\n") + "\n")?;
+    Ok(())
+}
