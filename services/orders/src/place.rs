@@ -283,6 +283,9 @@ fn hash_request(request: &PlaceOrderRequest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+// NOTE: payments may still complete an authorization after its deadline. A client
+// that never retries with the same Idempotency-Key leaves that authorization
+// without an order; nothing voids it yet.
 fn payment_problem(error: &PaymentError) -> Problem {
     match error {
         PaymentError::DeadlineExceeded(_) | PaymentError::Unavailable(_) => {
