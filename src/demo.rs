@@ -62,6 +62,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         stream_bus: args.bus.urls().1,
         fault_exit_after_payment_step: args.fault_exit_after_payment_step,
         pool: args.pool.settings(),
+        release_unclaimed_after: std::time::Duration::from_secs(60),
     })
     .await?;
 
@@ -196,6 +197,7 @@ async fn run_in_process(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Demo
         stream_bus: args.bus.urls().1,
         fault_exit_after_payment_step: false,
         pool: args.pool.settings(),
+        release_unclaimed_after: std::time::Duration::from_secs(60),
     })
     .await?;
     let outcome = replay_and_report(&system, args).await;

@@ -75,6 +75,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stream_bus: stream_url.clone(),
         fault_exit_after_payment_step: false,
         pool: args.pool.settings(),
+        release_unclaimed_after: std::time::Duration::from_secs(60),
     };
 
     let shutdown = CancellationToken::new();

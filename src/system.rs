@@ -51,6 +51,9 @@ pub struct SystemSettings {
     pub fault_exit_after_payment_step: bool,
     /// Each service's database connection pool.
     pub pool: tiffin_runtime::db::PoolSettings,
+    /// How long the order service waits for a retry of a placement whose payment
+    /// timed out before it voids the authorization.
+    pub release_unclaimed_after: Duration,
 }
 
 /// The services whose data the system keeps, one database each.

@@ -294,6 +294,7 @@ impl Target {
             stream_bus,
             fault_exit_after_payment_step: false,
             pool: args.pool.settings(),
+            release_unclaimed_after: std::time::Duration::from_secs(60),
         })
         .await?;
         if let Err(error) = system.wait_ready(Duration::from_secs(120)).await {

@@ -50,6 +50,7 @@ pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
         stream_bus: "embedded:".to_owned(),
         fault_exit_after_payment_step: false,
         pool: tiffin_runtime::db::PoolSettings::default(),
+        release_unclaimed_after: std::time::Duration::from_secs(60),
     }
 }
 

@@ -421,3 +421,44 @@ async fn audit_reports_tampered_payments() {
     let printed: Value = serde_json::from_slice(&output.stdout).expect("JSON output");
     assert_eq!(printed["violations"][0]["order_id"], order_id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_authorization_without_retry_is_voided() {
+    let system = TestSystem::start_with(|settings| {
+        settings.processor.latency = Duration::from_millis(700);
+        settings.release_unclaimed_after = Duration::from_millis(500);
+    })
+    .await;
+    let customer = system.customer("gave-up").await;
+    let (restaurant, items) = system.restaurant_with_menu(3).await;
+    let body = order_body(&restaurant, &[&items[0]]);
+
+    let timed_out = system
+        .place(&customer.token, Some("slow-card"), &body)
+        .await;
+    assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let mut voided = 0;
+    for _ in 0..100 {
+        voided = count_rows(
+            system.dir.path(),
+            "payments",
+            "SELECT COUNT(*) FROM payments WHERE status = 'VOIDED'",
+        )
+        .await;
+        if voided > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = tiffin::audit::audit(system.dir.path(), 30_000)
+        .await
+        .expect("audit runs");
+    let retry = system
+        .place(&customer.token, Some("slow-card"), &body)
+        .await;
+
+    assert!(audit.is_clean(), "audit:\n{audit}");
+    assert_eq!(voided, 1, "the late authorization was voided");
+    assert_eq!(retry.status(), StatusCode::CONFLICT, "the key is spent");
+    system.stop().await;
+}

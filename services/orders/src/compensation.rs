@@ -17,11 +17,14 @@ use std::time::Duration;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::db::Database;
 use tiffin_runtime::time::now_millis;
+use tiffin_runtime::trace::TraceContext;
 use tokio::sync::Notify;
 use tonic::Code;
 
-use crate::payments::PaymentsGateway;
+use crate::payments::{Authorization, PaymentsGateway, STEP_DEADLINE};
+use crate::place::payment_key;
 use crate::storage::{self, PaymentAction};
+use crate::unclaimed::{self, Unclaimed};
 
 /// Runs payment steps until shutdown.
 #[derive(Debug)]
@@ -72,6 +75,7 @@ impl PaymentWorker {
 
     /// Carries out the due steps and returns how long to wait for the next one.
     async fn run_due(&self) -> anyhow::Result<Duration> {
+        self.release_unclaimed().await?;
         let due = storage::due_payment_actions(&self.db, now_millis(), 50).await?;
         for action in &due {
             self.carry_out(action).await?;
@@ -82,6 +86,47 @@ impl PaymentWorker {
         let next = storage::next_payment_action_due(&self.db).await?;
         let wait = next.map_or(1000, |at| (at - now_millis()).clamp(0, 1000));
         Ok(Duration::from_millis(u64::try_from(wait).unwrap_or(1000)))
+    }
+
+    /// Voids the authorizations that timed out and that no retry claimed in time.
+    async fn release_unclaimed(&self) -> anyhow::Result<()> {
+        for attempt in unclaimed::due(&self.db, now_millis(), 20).await? {
+            if !unclaimed::start_release(&self.db, &attempt.order_id).await? {
+                continue;
+            }
+            if let Err(error) = self.release(&attempt).await {
+                let exponent = u32::try_from(attempt.attempts.min(8)).unwrap_or(8);
+                let delay_ms = (200_i64 << exponent).min(30_000);
+                tracing::warn!(order_id = %attempt.order_id, %error, retry_in_ms = delay_ms, "failed to release an unclaimed authorization");
+                unclaimed::retry_later(&self.db, &attempt.order_id, now_millis() + delay_ms)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks for the authorization again under the order's key, which returns the
+    /// late one (or makes one that is voided at once), and voids it.
+    async fn release(&self, attempt: &Unclaimed) -> anyhow::Result<()> {
+        let payments = self.payments.with_deadline(STEP_DEADLINE);
+        let authorization = payments
+            .authorize(
+                &payment_key(&attempt.order_id),
+                &attempt.customer_id,
+                &attempt.order_id,
+                attempt.amount_cents,
+                &attempt.currency,
+                TraceContext::new_root(),
+            )
+            .await?;
+        if let Authorization::Authorized { payment_id } = authorization {
+            payments
+                .void(&payment_id, "no order was stored: the payment answered too late and the client did not retry")
+                .await?;
+            tracing::info!(order_id = %attempt.order_id, %payment_id, "released an authorization that no order claimed");
+        }
+        unclaimed::released(&self.db, &attempt.order_id).await?;
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %action.order_id, action = %action.action, payment_id = %action.payment_id))]

@@ -28,6 +28,7 @@ pub mod place;
 pub mod routes;
 pub mod saga;
 pub mod storage;
+pub mod unclaimed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +76,9 @@ pub struct Settings {
     /// A fault for tests: exit the process right after payments confirms a void or
     /// capture, before recording it. Default false.
     pub fault_exit_after_payment_step: bool,
+    /// How long an authorization that timed out waits for a retry with the same
+    /// Idempotency-Key before the payment worker voids it. Default 60 s.
+    pub release_unclaimed_after: Duration,
 }
 
 impl Settings {
@@ -95,6 +99,7 @@ impl Settings {
             consumer: RetryPolicy::default(),
             concurrency: 16,
             fault_exit_after_payment_step: false,
+            release_unclaimed_after: Duration::from_secs(60),
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct AppState {
     pub compensation_waker: Arc<Notify>,
     /// True once the menu replica has read the catalog's stream to its end.
     pub replica_caught_up: watch::Receiver<bool>,
+    /// How long a timed-out authorization waits for a retry before it is voided.
+    pub release_unclaimed_after: Duration,
 }
 
 impl FromRef<AppState> for TokenVerifier {
@@ -159,6 +166,7 @@ impl Service {
             relay_waker: relay.waker(),
             compensation_waker: Arc::new(Notify::new()),
             replica_caught_up,
+            release_unclaimed_after: settings.release_unclaimed_after,
         };
         Ok(Self {
             state,

@@ -80,6 +80,14 @@ impl PaymentsGateway {
         })
     }
 
+    /// Returns a client for the same service whose calls time out after `deadline`.
+    pub fn with_deadline(&self, deadline: Duration) -> Self {
+        Self {
+            client: self.client.clone(),
+            deadline,
+        }
+    }
+
     /// Authorizes `amount_cents` for `reference` under `idempotency_key`.
     ///
     /// # Errors
@@ -174,7 +182,7 @@ impl PaymentsGateway {
 
 /// Deadline of a void or capture. No client request waits on them, so it is longer than an
 /// authorization's.
-const STEP_DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const STEP_DEADLINE: Duration = Duration::from_secs(2);
 
 fn outcome(payment: Payment) -> Authorization {
     if payment.status == PaymentStatus::Declined as i32 {

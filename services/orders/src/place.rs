@@ -26,6 +26,7 @@ use tiffin_runtime::trace::TraceContext;
 use crate::domain::{self, OrderStatus, PlaceOrderRequest, PricedOrder};
 use crate::payments::{Authorization, PaymentError};
 use crate::storage::{self, NewOrder, OrderRecord, OrderSummary, StoredAddress};
+use crate::unclaimed::{self, Claim, Unclaimed};
 use crate::{AppState, SOURCE, saga};
 
 /// The result of a successful placement.
@@ -72,8 +73,15 @@ pub async fn place_order(
 
     let order_id = domain::order_id_for(customer_id, idempotency_key);
     tracing::Span::current().record("order_id", order_id.as_str());
-    let payment_key = format!("order:{order_id}");
-    let authorization = state
+    if unclaimed::check(&state.db, &order_id)
+        .await
+        .map_err(internal_error)?
+        == Claim::Released
+    {
+        return Err(released());
+    }
+    let payment_key = payment_key(&order_id);
+    let authorization = match state
         .payments
         .authorize(
             &payment_key,
@@ -84,7 +92,30 @@ pub async fn place_order(
             trace,
         )
         .await
-        .map_err(|error| payment_problem(&error))?;
+    {
+        Ok(authorization) => authorization,
+        Err(error) => {
+            if matches!(
+                error,
+                PaymentError::DeadlineExceeded(_) | PaymentError::Unavailable(_)
+            ) {
+                let attempt = Unclaimed {
+                    order_id: order_id.clone(),
+                    customer_id: customer_id.to_owned(),
+                    amount_cents: priced.total_cents,
+                    currency: priced.currency.clone(),
+                    attempts: 0,
+                };
+                let now = now_millis();
+                let after =
+                    i64::try_from(state.release_unclaimed_after.as_millis()).unwrap_or(i64::MAX);
+                unclaimed::record(&state.db, &attempt, now.saturating_add(after), now)
+                    .await
+                    .map_err(internal_error)?;
+            }
+            return Err(payment_problem(&error));
+        }
+    };
     let (payment_id, decline_reason) = match authorization {
         Authorization::Authorized { payment_id } => (payment_id, None),
         Authorization::Declined { payment_id, reason } => {
@@ -151,15 +182,19 @@ pub async fn place_order(
 
     let written = async {
         let mut tx = state.db.begin_write().await?;
+        if unclaimed::claim(&mut tx, &order_id).await? == Claim::Released {
+            return Ok(false);
+        }
         storage::insert_order(&mut tx, &new_order, idempotency_key, &request_hash).await?;
         for event in &events {
             outbox::enqueue(&mut tx, event).await?;
         }
-        tx.commit().await
+        tx.commit().await.map(|()| true)
     }
     .await;
     match written {
-        Ok(()) => {
+        Ok(false) => return Err(released()),
+        Ok(true) => {
             state.relay_waker.notify_one();
             tracing::info!(total_cents = priced.total_cents, %payment_id, %status, "order stored");
         }
@@ -283,9 +318,20 @@ fn hash_request(request: &PlaceOrderRequest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-// NOTE: payments may still complete an authorization after its deadline. A client
-// that never retries with the same Idempotency-Key leaves that authorization
-// without an order; nothing voids it yet.
+/// The payment idempotency key of an order: retries of one placement share it.
+pub fn payment_key(order_id: &str) -> String {
+    format!("order:{order_id}")
+}
+
+/// The answer to a retry whose timed-out authorization was already voided.
+fn released() -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "attempt-released",
+        "an earlier attempt with this Idempotency-Key timed out waiting for the payment, and its authorization was released; place the order again with a new Idempotency-Key",
+    )
+}
+
 fn payment_problem(error: &PaymentError) -> Problem {
     match error {
         PaymentError::DeadlineExceeded(_) | PaymentError::Unavailable(_) => {
