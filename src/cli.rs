@@ -356,7 +356,8 @@ pub struct DemoArgs {
     pub report: Option<PathBuf>,
 
     /// Run every service as its own process (`tiffin serve`) instead of all in this
-    /// one. Needs a broker: --bus amqp://... or nats://...
+    /// one. Needs a broker: --bus amqp://..., nats://... or kafka://..., or
+    /// --queue-bus and --stream-bus.
     #[arg(long)]
     pub distributed: bool,
 
@@ -470,7 +471,12 @@ pub struct BenchArgs {
 
     /// Keep the services' data on this PostgreSQL server instead of in SQLite
     /// files, one database per service as for `tiffin up --database`.
-    #[arg(long, value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIFFIN_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database: Option<String>,
 
     #[command(flatten)]

@@ -151,6 +151,13 @@ pub struct DemoReport {
 ///
 /// Fails when the system cannot start or the report cannot be written.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
+    // Settings are checked before the system starts, not after a long replay.
+    processor(&args.simulation)?;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.replay.cancel_rate),
+        "--cancel-rate is {}; it must be between 0 and 1",
+        args.replay.cancel_rate
+    );
     let temporary;
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
