@@ -15,7 +15,7 @@
 //!
 //! File values become the flags' defaults, so flags and environment variables
 //! override them and clap validates them like any other value. A key that no
-//! command knows, or a value its flag rejects, stops the program with an error that
+//! command accepts, or a value its flag rejects, stops the program with an error that
 //! names the file, the key and what is accepted.
 
 use std::collections::BTreeMap;

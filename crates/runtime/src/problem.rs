@@ -136,8 +136,8 @@ impl std::error::Error for Problem {}
 
 /// Converts an unexpected error into a 500 problem, logging its cause chain.
 ///
-/// A database pool with no free connection in time is load, not a fault: that
-/// becomes a 503 that tells the client to retry.
+/// A database pool with no free connection in time is load, not a fault, so it
+/// becomes a 503 with `Retry-After`.
 pub fn internal_error(error: impl Into<anyhow::Error>) -> Problem {
     let error = error.into();
     if matches!(

@@ -318,12 +318,13 @@ fn hash_request(request: &PlaceOrderRequest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The payment idempotency key of an order: retries of one placement share it.
+/// Returns the payment idempotency key of an order, which retries of one placement
+/// share.
 pub fn payment_key(order_id: &str) -> String {
     format!("order:{order_id}")
 }
 
-/// The answer to a retry whose timed-out authorization was already voided.
+/// Returns the 409 problem for a retry whose timed-out authorization was voided.
 fn released() -> Problem {
     Problem::new(
         StatusCode::CONFLICT,
