@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::brokers::{Distributed, RABBITMQ, Vhost, engine_available, replay_and_audit};
-use crate::helpers::TestSystem;
+use crate::helpers::{TestSystem, count_rows};
 use crate::postgres::{POSTGRES, admin, drop_databases};
 
 const KAFKA_HINT: &str = "tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/";
@@ -74,6 +74,27 @@ async fn whole_system_on_kafka() {
     topic.delete().await;
 }
 
+/// Returns the base URL of fresh per-service databases and an admin connection
+/// when PostgreSQL and RabbitMQ are both reachable. Otherwise prints why the test
+/// is skipped and returns `None`; under CI a missing engine fails the test instead.
+async fn postgres_and_rabbitmq() -> Option<(String, sqlx::postgres::PgConnection)> {
+    let (server, admin) = match admin().await {
+        Ok(found) => found,
+        Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
+        }
+        Err(reason) => {
+            eprintln!("skipped: PostgreSQL is not available: {reason}");
+            return None;
+        }
+    };
+    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+        return None;
+    }
+    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
+    Some((tiffin_runtime::db::with_database(&server, &prefix), admin))
+}
+
 /// Restarts the machine's PostgreSQL cluster, the way `.ci/run` started it.
 fn restart_postgres() -> Result<(), String> {
     let versions = std::fs::read_dir("/etc/postgresql")
@@ -99,22 +120,10 @@ fn restart_postgres() -> Result<(), String> {
 async fn distributed_survives_postgres_restart() {
     let _exclusive = POSTGRES.write().await;
     let _shared = RABBITMQ.read().await;
-    let (server, admin) = match admin().await {
-        Ok(found) => found,
-        Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
-        }
-        Err(reason) => {
-            eprintln!("skipped: PostgreSQL is not available: {reason}");
-            return;
-        }
-    };
-    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+    let Some((base, admin)) = postgres_and_rabbitmq().await else {
         return;
-    }
+    };
     let vhost = Vhost::create();
-    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
-    let base = tiffin_runtime::db::with_database(&server, &prefix);
     let dir = tempfile::tempdir().unwrap();
     let system = Distributed::start(
         dir.path(),
@@ -150,22 +159,10 @@ async fn distributed_survives_postgres_restart() {
 async fn distributed_replicas_double_nothing() {
     let _shared = POSTGRES.read().await;
     let _rabbitmq = RABBITMQ.read().await;
-    let (server, mut admin) = match admin().await {
-        Ok(found) => found,
-        Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
-        }
-        Err(reason) => {
-            eprintln!("skipped: PostgreSQL is not available: {reason}");
-            return;
-        }
-    };
-    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+    let Some((base, mut admin)) = postgres_and_rabbitmq().await else {
         return;
-    }
+    };
     let vhost = Vhost::create();
-    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
-    let base = tiffin_runtime::db::with_database(&server, &prefix);
     let dir = tempfile::tempdir().unwrap();
     let mut system = Distributed::start(
         dir.path(),
@@ -196,27 +193,22 @@ async fn distributed_replicas_double_nothing() {
         .expect("every process, replicas included, is still running");
 
     system.finish(&orders, "two replicas of each worker").await;
-    let tickets = count(&databases, "kitchen", "SELECT COUNT(*) FROM tickets").await;
-    let deliveries = count(&databases, "delivery", "SELECT COUNT(*) FROM deliveries").await;
-    let analytics = count(&databases, "analytics", "SELECT COUNT(*) FROM order_facts").await;
+    let tickets = count_rows(databases.clone(), "kitchen", "SELECT COUNT(*) FROM tickets").await;
+    let deliveries = count_rows(
+        databases.clone(),
+        "delivery",
+        "SELECT COUNT(*) FROM deliveries",
+    )
+    .await;
+    let analytics = count_rows(
+        databases.clone(),
+        "analytics",
+        "SELECT COUNT(*) FROM order_facts",
+    )
+    .await;
     drop_databases(&mut admin, &databases).await;
 
     assert_eq!(tickets, 20, "one ticket per order");
     assert_eq!(deliveries, 20, "one delivery per order");
     assert_eq!(analytics, 20, "analytics counted each order once");
-}
-
-async fn count(databases: &tiffin::system::Databases, service: &str, sql: &'static str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&databases.url(service))
-        .await
-        .expect("database opens");
-    let count: i64 = sqlx::query_scalar(sql)
-        .fetch_one(&pool)
-        .await
-        .expect("count runs");
-    pool.close().await;
-    count
 }

@@ -223,10 +223,15 @@ pub(crate) fn order_body(restaurant: &str, items: &[&str]) -> Value {
     })
 }
 
-/// Counts rows in a service's database.
-pub(crate) async fn count_rows(dir: &std::path::Path, service: &str, sql: &'static str) -> i64 {
+/// Counts rows in a service's database: a SQLite file in a data directory, or a
+/// PostgreSQL database.
+pub(crate) async fn count_rows(
+    databases: impl Into<tiffin::system::Databases>,
+    service: &str,
+    sql: &'static str,
+) -> i64 {
     sqlx::any::install_default_drivers();
-    let url = format!("sqlite://{}/{service}.db?mode=ro", dir.display());
+    let url = databases.into().read_url(service);
     let pool = sqlx::AnyPool::connect(&url).await.expect("database opens");
     let count: i64 = sqlx::query_scalar(sql)
         .fetch_one(&pool)

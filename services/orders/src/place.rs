@@ -73,13 +73,6 @@ pub async fn place_order(
 
     let order_id = domain::order_id_for(customer_id, idempotency_key);
     tracing::Span::current().record("order_id", order_id.as_str());
-    if unclaimed::check(&state.db, &order_id)
-        .await
-        .map_err(internal_error)?
-        == Claim::Released
-    {
-        return Err(released());
-    }
     let payment_key = payment_key(&order_id);
     let authorization = match state
         .payments

@@ -2,13 +2,13 @@
 //!
 //! When payments does not respond within the deadline, the client gets 503 and no
 //! order is stored, but payments may still complete the authorization. The order
-//! service then records the attempt here. A retry with the same Idempotency-Key
-//! claims the row in the transaction that stores the order. Once `release_after`
-//! has passed unclaimed, the payment worker marks the row `releasing`, which
-//! turns later retries away with 409, asks payments for the authorization again
-//! under the same key (idempotent, so it finds the late one or makes one) and
-//! voids it. Every step runs under the database's write lock, so a retry and the
-//! release never both win.
+//! service then records the attempt here, and a retry with the same
+//! Idempotency-Key claims the record in the transaction that stores the order.
+//! Once `release_unclaimed_after` has passed without a claim, the payment worker
+//! marks the row `releasing`, so later retries get 409. It then requests the authorization
+//! again under the same key, which is idempotent and returns the late one (or
+//! creates one), and voids it. Every step runs under the database's write lock, so
+//! a retry and the release never both succeed.
 
 use sqlx::{Any, Row as _, Transaction};
 use tiffin_runtime::db::Database;
@@ -28,7 +28,7 @@ pub struct Unclaimed {
     pub attempts: i64,
 }
 
-/// The state of a recorded attempt, as a retry sees it.
+/// The state of a recorded attempt, from a retry's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// No attempt was recorded, or the retry claimed it.
@@ -64,23 +64,6 @@ pub async fn record(
     .execute(&mut *tx)
     .await?;
     tx.commit().await
-}
-
-/// Returns whether the attempt for `order_id` was released, without claiming it.
-///
-/// # Errors
-///
-/// Returns the database error.
-pub async fn check(db: &Database, order_id: &str) -> Result<Claim, sqlx::Error> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM unclaimed_authorizations WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(db.pool())
-            .await?;
-    Ok(match status.as_deref() {
-        Some("releasing" | "released") => Claim::Released,
-        _ => Claim::Free,
-    })
 }
 
 /// Claims the attempt for `order_id` inside the transaction that stores its order.
