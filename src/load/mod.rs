@@ -382,8 +382,8 @@ impl Run {
             {
                 let order = self.client.order(customer, order_id).await.ok()?;
                 let ready = ready_after(&order);
-                // `order.delivered` can overtake a retried `order.ready`; the late
-                // step still joins the timeline, so a delivered order without it is
+                // `order.delivered` can overtake a retried `order.ready`, and the late
+                // step still joins the timeline. So a delivered order without it is
                 // polled again rather than counted as never ready.
                 if status != "delivered" || ready.is_some() {
                     return Some((status, ready));

@@ -29,7 +29,7 @@
 //! stream subscription the group `<topic>.stream.G`. A group that has never
 //! committed gets its starting offset committed when it is first subscribed: the
 //! end of the log for a queue (it collects events from then on), or the position
-//! the stream spec asks for. Offsets are committed only after the messages before
+//! the stream spec requests. Offsets are committed only after the messages before
 //! them are settled, which the consumer runners do after the handler's transaction
 //! commits.
 //!
