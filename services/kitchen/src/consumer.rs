@@ -73,7 +73,11 @@ impl OrderHandler {
         };
         let trace = event.trace_context();
 
-        let mut tx = self.db.begin_write().await?;
+        // The restaurant's key makes its capacity and stock decisions one at a time.
+        let mut tx = self
+            .db
+            .begin_write_for(&[&order.restaurant_id, &order.order_id])
+            .await?;
         if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
             tx.rollback().await?;
             tracing::trace!("event already handled");
@@ -102,9 +106,6 @@ impl OrderHandler {
         )
         .await?;
         let shortages = stock::shortages(&order.lines, &levels);
-        // NOTE: on PostgreSQL two orders of one restaurant decided at the same time
-        // both see the same count, so capacity can be exceeded by the number of
-        // concurrent handlers. SQLite's write lock decides them one at a time.
         let open_tickets = storage::count_open_tickets(&mut tx, &order.restaurant_id).await?;
         let decision = decision::decide(
             &Circumstances {
@@ -209,7 +210,10 @@ impl OrderHandler {
         let order_id = cancelled.order_id.as_str();
         let now = now_millis();
 
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self
+            .db
+            .begin_write_for(&[&cancelled.restaurant_id, order_id])
+            .await?;
         if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
             tx.rollback().await?;
             tracing::trace!("event already handled");

@@ -109,7 +109,10 @@ impl TicketTimer {
     /// Moves one ticket to ready and writes `order.ready` to the outbox, in one
     /// transaction. A ticket that is no longer accepted is skipped.
     async fn mark_ready(&self, ticket: &DueTicket) -> anyhow::Result<()> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self
+            .db
+            .begin_write_for(&[&ticket.restaurant_id, &ticket.order_id])
+            .await?;
         let now = now_millis();
         if !storage::mark_ready(&mut tx, &ticket.ticket_id, now).await? {
             tx.rollback().await?;

@@ -97,7 +97,7 @@ impl Handler for NotificationHandler {
             sent_at: None,
         };
 
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_write_for(&[]).await?;
         if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
             tx.rollback().await?;
             tracing::trace!("event already handled");

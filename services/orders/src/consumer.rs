@@ -145,7 +145,7 @@ impl Handler for OrderLifecycle {
             }
         };
 
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_write_for(&[&order_id]).await?;
         if !inbox::record(&mut tx, LIFECYCLE_GROUP, &event.id).await? {
             tracing::debug!("event already handled");
             return Ok(());

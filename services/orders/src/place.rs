@@ -174,7 +174,7 @@ pub async fn place_order(
     }
 
     let written = async {
-        let mut tx = state.db.begin_write().await?;
+        let mut tx = state.db.begin_write_for(&[&order_id]).await?;
         if unclaimed::claim(&mut tx, &order_id).await? == Claim::Released {
             return Ok(false);
         }

@@ -206,7 +206,7 @@ async fn cancel_order(
     }
 
     let outcome = async {
-        let mut tx = state.db.begin_write().await?;
+        let mut tx = state.db.begin_write_for(&[&id]).await?;
         let change = Change {
             order_id: &id,
             event: OrderEvent::Cancelled,

@@ -49,7 +49,7 @@ pub async fn record(
     due_at: i64,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_write_for(&[&attempt.order_id]).await?;
     sqlx::query(
         "INSERT INTO unclaimed_authorizations \
          (order_id, customer_id, amount_cents, currency, status, attempts, next_attempt_at, created_at) \
@@ -127,7 +127,7 @@ pub async fn due(db: &Database, now: i64, limit: i64) -> Result<Vec<Unclaimed>, 
 ///
 /// Returns the database error.
 pub async fn start_release(db: &Database, order_id: &str) -> Result<bool, sqlx::Error> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_write_for(&[order_id]).await?;
     let stored: Option<String> =
         sqlx::query_scalar("SELECT order_id FROM orders WHERE order_id = $1")
             .bind(order_id)
@@ -153,7 +153,7 @@ pub async fn start_release(db: &Database, order_id: &str) -> Result<bool, sqlx::
 ///
 /// Returns the database error.
 pub async fn released(db: &Database, order_id: &str) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_write_for(&[order_id]).await?;
     sqlx::query("UPDATE unclaimed_authorizations SET status = 'released' WHERE order_id = $1")
         .bind(order_id)
         .execute(&mut *tx)
@@ -171,7 +171,7 @@ pub async fn retry_later(
     order_id: &str,
     next_attempt_at: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_write_for(&[order_id]).await?;
     sqlx::query(
         "UPDATE unclaimed_authorizations SET attempts = attempts + 1, next_attempt_at = $2 WHERE order_id = $1",
     )

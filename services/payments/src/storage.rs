@@ -66,7 +66,7 @@ pub(crate) async fn insert_payment(
     new: &NewPayment<'_>,
 ) -> Result<Payment, sqlx::Error> {
     let payment = &new.payment;
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_write_for(&[]).await?;
 
     let inserted = sqlx::query(
         "INSERT INTO payments (payment_id, idempotency_key, customer_id, reference, amount_cents, \
@@ -131,7 +131,7 @@ pub(crate) async fn capture(
     amount_cents: i64,
     now: i64,
 ) -> Result<Option<Payment>, sqlx::Error> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_write_for(&[]).await?;
 
     let row = sqlx::query(concat!(
         "UPDATE payments SET status = 'CAPTURED', captured_cents = $1, updated_at = $2 \
@@ -162,7 +162,7 @@ pub(crate) async fn void(
     reason: &str,
     now: i64,
 ) -> Result<Option<Payment>, sqlx::Error> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_write_for(&[]).await?;
 
     let row = sqlx::query(concat!(
         "UPDATE payments SET status = 'VOIDED', void_reason = $1, updated_at = $2 \
