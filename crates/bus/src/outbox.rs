@@ -56,6 +56,10 @@ pub async fn enqueue(
 /// seeding the catalog's 13,239 events).
 const ROWS_PER_INSERT: usize = 150;
 
+/// Ids per `DELETE` once a batch is published: one statement instead of a round
+/// trip per row, and far below SQLite's limit of 32,766 parameters.
+const ROWS_PER_DELETE: usize = 256;
+
 /// The advisory lock key that the relays of one PostgreSQL database share.
 const RELAY_LOCK: i64 = 7_320_562;
 
@@ -165,11 +169,17 @@ impl OutboxRelay {
             Some(tx) => tx,
             None => self.db.begin_write().await?,
         };
-        for id in &ids {
-            sqlx::query("DELETE FROM outbox WHERE event_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in ids.chunks(ROWS_PER_DELETE) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM outbox WHERE event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                delete = delete.bind(id.as_str());
+            }
+            delete.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         tracing::trace!(
