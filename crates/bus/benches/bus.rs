@@ -109,9 +109,11 @@ fn embedded_publish_fetch_ack(bencher: Bencher<'_, '_>, batch: usize) {
                         .await
                         .expect("fetch");
                     left -= messages.len();
-                    for message in messages {
+                    // Concurrently, as the consumer runner's handler tasks do.
+                    let acks = messages.into_iter().map(|message| async move {
                         message.ack().await.expect("ack");
-                    }
+                    });
+                    futures::future::join_all(acks).await;
                 }
             });
         });

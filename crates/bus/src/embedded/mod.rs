@@ -16,6 +16,7 @@
 //! ready messages in publish order, but concurrent members and redeliveries can
 //! finish them out of order, as with any competing-consumer queue.
 
+mod acks;
 mod queue;
 mod stream;
 
@@ -50,6 +51,8 @@ struct Inner {
     queues: RwLock<Vec<(String, Vec<String>)>>,
     /// Bumped after every commit that adds messages, so waiting receivers fetch again.
     published: watch::Sender<u64>,
+    /// Commits the acks of all queue members in groups.
+    acker: acks::Acker,
 }
 
 /// A message that a queue gave up on.
@@ -109,6 +112,7 @@ impl EmbeddedBus {
         let (published, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {
+                acker: acks::Acker::start(db.clone()),
                 db,
                 queues: RwLock::new(queues),
                 published,

@@ -140,13 +140,12 @@ struct EmbeddedSettle {
 #[async_trait]
 impl Settle for EmbeddedSettle {
     async fn ack(&self) -> Result<(), AckError> {
-        sqlx::query("DELETE FROM queue_messages WHERE queue = $1 AND seq = $2")
-            .bind(&self.queue)
-            .bind(self.seq)
-            .execute(self.bus.inner.db.pool())
+        self.bus
+            .inner
+            .acker
+            .ack(&self.queue, self.seq)
             .await
-            .map_err(|e| AckError(e.into()))?;
-        Ok(())
+            .map_err(AckError)
     }
 
     async fn nack(&self, delay: Duration, reason: &str) -> Result<(), AckError> {
