@@ -74,6 +74,11 @@ pub enum OpenError {
 #[derive(Debug, Clone)]
 pub struct Database {
     pool: AnyPool,
+    /// The pool of write transactions: on SQLite one connection, so writers queue in
+    /// this process instead of in SQLite's busy handler, which sleeps up to 100 ms
+    /// between tries and leaves the file idle while writers wait. On PostgreSQL the
+    /// same pool as `pool`.
+    writer: AnyPool,
     engine: Engine,
 }
 
@@ -130,28 +135,13 @@ impl Database {
             url: redact(url),
             source,
         })?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if engine == Engine::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+        let pool = pool_options(engine, settings.max_connections, settings.acquire_timeout)
+            .connect_with(options.clone())
             .await
             .map_err(|source| OpenError::Connect {
                 url: redact(url),
                 source,
             })?;
-
         migrator
             .run(&pool)
             .await
@@ -159,12 +149,33 @@ impl Database {
                 url: redact(url),
                 source,
             })?;
-        Ok(Self { pool, engine })
+        let writer = match engine {
+            Engine::Sqlite => pool_options(engine, 1, settings.acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(|source| OpenError::Connect {
+                    url: redact(url),
+                    source,
+                })?,
+            Engine::Postgres => pool.clone(),
+        };
+        Ok(Self {
+            pool,
+            writer,
+            engine,
+        })
     }
 
-    /// The connection pool, for reads and single-statement writes.
+    /// The connection pool for reads.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for single-statement writes outside a transaction. On SQLite its one
+    /// connection is shared with [`Database::begin_write`], so such a write waits
+    /// its turn in this process rather than in SQLite's busy handler.
+    pub fn write_pool(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// The engine behind this database.
@@ -193,7 +204,7 @@ impl Database {
     /// the lock fails.
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Engine::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 tx.execute("SELECT pg_advisory_xact_lock(7320561) IS NULL")
@@ -227,7 +238,7 @@ impl Database {
         keys: &[&str],
     ) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Engine::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 let locks = lock_ids(keys);
@@ -253,8 +264,29 @@ impl Database {
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
+}
+
+/// Returns the options of a pool of up to `max_connections`, with SQLite's
+/// durability settings on every new connection.
+fn pool_options(engine: Engine, max_connections: u32, acquire_timeout: Duration) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if engine == Engine::Sqlite {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
 }
 
 /// The first half of the two-integer advisory locks that [`Database::begin_write_for`]

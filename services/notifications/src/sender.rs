@@ -97,23 +97,25 @@ pub(crate) async fn deliver(
 
     let now = now_millis();
     match outcome {
-        Ok(()) => match storage::mark_sent(db.pool(), &notification.notification_id, now).await {
-            Ok(_) => tracing::trace!(
-                notification_id = %notification.notification_id,
-                order_id = %notification.order_id,
-                "notification sent"
-            ),
-            Err(error) => tracing::error!(
-                notification_id = %notification.notification_id,
-                error = %error,
-                "failed to mark a sent notification; it will be sent again"
-            ),
-        },
+        Ok(()) => {
+            match storage::mark_sent(db.write_pool(), &notification.notification_id, now).await {
+                Ok(_) => tracing::trace!(
+                    notification_id = %notification.notification_id,
+                    order_id = %notification.order_id,
+                    "notification sent"
+                ),
+                Err(error) => tracing::error!(
+                    notification_id = %notification.notification_id,
+                    error = %error,
+                    "failed to mark a sent notification; it will be sent again"
+                ),
+            }
+        }
         Err(send_error) => {
             let attempt = notification.attempts + 1;
             let retry_in = policy.backoff(attempt);
             let recorded = storage::record_failure(
-                db.pool(),
+                db.write_pool(),
                 &notification.notification_id,
                 &format!("{send_error:#}"),
                 now.saturating_add(millis(retry_in)),
@@ -227,7 +229,7 @@ impl SenderLoop {
             }
             let lease_until = now_millis().saturating_add(millis(self.policy.lease()));
             if storage::claim(
-                self.db.pool(),
+                self.db.write_pool(),
                 &notification.notification_id,
                 now_millis(),
                 lease_until,

@@ -411,7 +411,7 @@ pub async fn finish_payment_action(
     .bind(status)
     .bind(error)
     .bind(now)
-    .execute(db.pool())
+    .execute(db.write_pool())
     .await?;
     Ok(())
 }
@@ -431,7 +431,7 @@ pub async fn retry_payment_action(
     .bind(&action.action)
     .bind(error)
     .bind(next_attempt_at)
-    .execute(db.pool())
+    .execute(db.write_pool())
     .await?;
     Ok(())
 }

@@ -313,7 +313,7 @@ impl EmbeddedBus {
         .bind(&spec.group)
         .bind(&types)
         .bind(now_millis())
-        .execute(self.inner.db.pool())
+        .execute(self.inner.db.write_pool())
         .await?;
 
         let mut queues = self

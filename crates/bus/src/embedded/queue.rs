@@ -158,7 +158,7 @@ impl Settle for EmbeddedSettle {
         .bind(self.seq)
         .bind(available_at)
         .bind(reason)
-        .execute(self.bus.inner.db.pool())
+        .execute(self.bus.inner.db.write_pool())
         .await
         .map_err(|e| AckError(e.into()))?;
         Ok(())

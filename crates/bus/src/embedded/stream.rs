@@ -134,7 +134,7 @@ impl StreamReceiver for EmbeddedStream {
         .bind(&self.group)
         .bind(offset)
         .bind(now_millis())
-        .execute(self.bus.inner.db.pool())
+        .execute(self.bus.inner.db.write_pool())
         .await
         .map_err(|e| AckError(e.into()))?;
         Ok(())
@@ -151,7 +151,7 @@ impl StreamReceiver for EmbeddedStream {
         .bind(&message.envelope.id)
         .bind(reason)
         .bind(now_millis())
-        .execute(self.bus.inner.db.pool())
+        .execute(self.bus.inner.db.write_pool())
         .await
         .map_err(|e| AckError(e.into()))?;
         Ok(())
