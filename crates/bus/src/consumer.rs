@@ -38,14 +38,16 @@ pub trait Handler: Send + Sync + 'static {
     /// [`HandlerError::permanent`] one for dead-lettering at once.
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError>;
 
-    /// Handles a batch of stream events in log order, all or nothing, for handlers
-    /// that can apply many events in one transaction (projections, replicas).
+    /// Handles a batch of events in order, all or nothing, for handlers that can
+    /// apply many events in one transaction (projections, replicas, consumers that
+    /// commit a batch at once).
     ///
-    /// The stream runner calls it only when [`Handler::applies_batches`] returns
-    /// true. When it fails, the runner handles the batch again one event at a time,
-    /// so one bad event is retried and dead-lettered on its own; that is safe only
-    /// because a failed batch changed nothing. Work queues never call it. The default
-    /// calls [`Handler::handle`] for each event.
+    /// The runners call it only when [`Handler::applies_batches`] returns true: the
+    /// stream runner with each batch read, the queue runner with each fetch of more
+    /// than one message, acking them all after it succeeds. When it fails, the
+    /// runner handles the batch again one event at a time, so one bad event is
+    /// retried and dead-lettered on its own; that is safe only because a failed
+    /// batch changed nothing. The default calls [`Handler::handle`] for each event.
     ///
     /// # Errors
     ///
@@ -197,6 +199,23 @@ pub async fn run_queue(
                 continue;
             }
         };
+        if messages.len() > 1 && handler.applies_batches() {
+            // One task and one transaction for the batch; it holds a slot per message.
+            let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+            let batch_permits = permits
+                .clone()
+                .acquire_many_owned(count)
+                .await
+                .expect("the semaphore is never closed");
+            let handler = handler.clone();
+            let policy = policy.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                settle_queue_batch(&name, messages, handler.as_ref(), &policy).await;
+                drop(batch_permits);
+            });
+            continue;
+        }
         for message in messages {
             let permit = permits
                 .clone()
@@ -218,6 +237,42 @@ pub async fn run_queue(
         Ok(_) => tracing::info!(consumer = %name, "consumer stopped"),
         Err(_) => {
             tracing::warn!(consumer = %name, "consumer stopped with handlers still running; their messages will be redelivered")
+        }
+    }
+}
+
+/// Handles a fetched batch with [`Handler::handle_batch`] and acks every message
+/// after it succeeds. When it fails, times out or panics, it changed nothing, so
+/// each message is handled and settled on its own, and only a bad one is retried
+/// or dead-lettered.
+async fn settle_queue_batch(
+    name: &str,
+    messages: Vec<QueueMessage>,
+    handler: &dyn Handler,
+    policy: &RetryPolicy,
+) {
+    let envelopes: Vec<Envelope> = messages.iter().map(|m| m.envelope.clone()).collect();
+    let guarded = AssertUnwindSafe(handler.handle_batch(&envelopes)).catch_unwind();
+    match tokio::time::timeout(policy.handler_timeout, guarded).await {
+        Ok(Ok(Ok(()))) => {
+            let acks = messages.into_iter().map(|message| async move {
+                let event_id = message.envelope.id.clone();
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(consumer = %name, %event_id, error = %error, "failed to ack message; it will be redelivered after its lease");
+                }
+            });
+            futures::future::join_all(acks).await;
+        }
+        outcome => {
+            let why = match outcome {
+                Ok(Ok(Err(error))) => error.to_string(),
+                Ok(Err(_)) => "the handler panicked".to_owned(),
+                _ => "the handler timed out".to_owned(),
+            };
+            tracing::debug!(consumer = %name, messages = envelopes.len(), error = %why, "batch failed, handling its messages one by one");
+            for message in messages {
+                settle_queue_message(name, message, handler, policy).await;
+            }
         }
     }
 }

@@ -89,6 +89,43 @@ impl Handler for Recorder {
     }
 }
 
+/// Applies batches all or nothing, as a handler with one transaction per batch
+/// does: a batch holding a poison event records none of its events.
+#[derive(Default)]
+struct BatchRecorder {
+    seen: Mutex<Vec<u32>>,
+    poison: HashSet<u32>,
+    batches: Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl Handler for BatchRecorder {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(event)).await
+    }
+
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let mut numbers = Vec::with_capacity(events.len());
+        for event in events {
+            let data: Pinged = event.decode().map_err(HandlerError::permanent)?;
+            if self.poison.contains(&data.n) {
+                return Err(HandlerError::transient(anyhow::anyhow!(
+                    "poison {}",
+                    data.n
+                )));
+            }
+            numbers.push(data.n);
+        }
+        self.batches.lock().unwrap().push(events.len());
+        self.seen.lock().unwrap().extend(numbers);
+        Ok(())
+    }
+}
+
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..200 {
         if check().await {
@@ -406,4 +443,79 @@ async fn stream_runner_dead_letters_and_moves_on() {
         "reason: {}",
         letters[0].reason
     );
+}
+
+#[tokio::test]
+async fn queue_batches_ack_together_and_isolate_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    let receiver = bus.queue(&queue_spec("orders")).await.unwrap();
+    // Published before the consumer starts, so its first fetch takes a batch.
+    let events: Vec<Envelope> = (1..=12).map(|n| ping("k", n)).collect();
+    bus.publish(&events).await.unwrap();
+
+    let handler = Arc::new(BatchRecorder {
+        poison: HashSet::from([7]),
+        ..BatchRecorder::default()
+    });
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(run_queue(
+        "orders",
+        receiver,
+        handler.clone(),
+        fast_policy(3),
+        16,
+        stop.clone(),
+    ));
+    eventually("every message is settled", async || {
+        bus.queue_depth("orders").await.unwrap() == 0
+    })
+    .await;
+    stop.cancel();
+    consumer.await.unwrap();
+
+    let mut seen = handler.seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    let expected: Vec<u32> = (1..=12).filter(|n| *n != 7).collect();
+    assert_eq!(seen, expected, "each good message handled once");
+    let letters = bus.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].reason.contains("poison 7"),
+        "reason kept: {}",
+        letters[0].reason
+    );
+    assert_eq!(
+        letters[0].attempts, 3,
+        "the poison message used its attempts"
+    );
+}
+
+#[tokio::test]
+async fn queue_batch_is_handled_in_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    let receiver = bus.queue(&queue_spec("notifications")).await.unwrap();
+    let events: Vec<Envelope> = (1..=10).map(|n| ping("k", n)).collect();
+    bus.publish(&events).await.unwrap();
+
+    let handler = Arc::new(BatchRecorder::default());
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(run_queue(
+        "notifications",
+        receiver,
+        handler.clone(),
+        fast_policy(3),
+        16,
+        stop.clone(),
+    ));
+    eventually("every message is acked", async || {
+        bus.queue_depth("notifications").await.unwrap() == 0
+    })
+    .await;
+    stop.cancel();
+    consumer.await.unwrap();
+
+    assert_eq!(*handler.batches.lock().unwrap(), vec![10]);
+    assert_eq!(handler.seen.lock().unwrap().len(), 10);
 }

@@ -74,13 +74,12 @@ fn decode(event: &Envelope) -> Result<(OrderStatusChanged, OrderStatus), Handler
     Ok((change, status))
 }
 
-#[async_trait]
-impl Handler for NotificationHandler {
-    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+impl NotificationHandler {
+    /// Builds the pending notification of a status change.
+    fn notification_of(&self, event: &Envelope) -> Result<Notification, HandlerError> {
         let (change, order_status) = decode(event)?;
         let message = domain::status_message(&change, order_status);
-        let created_at = now_millis();
-        let notification = Notification {
+        Ok(Notification {
             notification_id: uuid::Uuid::now_v7().to_string(),
             event_id: event.id.clone(),
             order_id: change.order_id,
@@ -93,29 +92,60 @@ impl Handler for NotificationHandler {
             status: NotificationStatus::Pending,
             attempts: 0,
             last_error: None,
-            created_at,
+            created_at: now_millis(),
             sent_at: None,
-        };
+        })
+    }
+}
+
+#[async_trait]
+impl Handler for NotificationHandler {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(event)).await
+    }
+
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
+    /// Records the notifications of many events in one transaction, then sends the
+    /// new ones side by side.
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let notifications = events
+            .iter()
+            .map(|event| self.notification_of(event))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut tx = self.db.begin_write_for(&[]).await?;
-        if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
-            tx.rollback().await?;
-            tracing::trace!("event already handled");
-            return Ok(());
+        let mut new = Vec::with_capacity(notifications.len());
+        for notification in notifications {
+            if !inbox::record(&mut tx, CONSUMER, &notification.event_id).await? {
+                tracing::trace!(event_id = %notification.event_id, "event already handled");
+                continue;
+            }
+            // The lease keeps the sender loop off the notification while this send runs.
+            let lease_until = notification
+                .created_at
+                .saturating_add(sender::millis(self.policy.lease()));
+            if storage::insert_notification(&mut tx, &notification, lease_until).await? {
+                new.push(notification);
+            } else {
+                tracing::debug!(
+                    order_id = %notification.order_id,
+                    order_status = %notification.order_status,
+                    "order already has a notification for this status"
+                );
+            }
         }
-        // The lease keeps the sender loop off the notification while this send runs.
-        let lease_until = created_at.saturating_add(sender::millis(self.policy.lease()));
-        let inserted = storage::insert_notification(&mut tx, &notification, lease_until).await?;
         tx.commit().await?;
-        if !inserted {
-            tracing::debug!(
-                order_status = %order_status,
-                "order already has a notification for this status"
-            );
+        if new.is_empty() {
             return Ok(());
         }
 
-        sender::deliver(&self.db, self.channel.as_ref(), &notification, &self.policy).await;
+        let sends = new.iter().map(|notification| {
+            sender::deliver(&self.db, self.channel.as_ref(), notification, &self.policy)
+        });
+        futures::future::join_all(sends).await;
         self.sender.notify_one();
         Ok(())
     }

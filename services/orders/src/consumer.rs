@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sqlx::{Any, Transaction};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::{Handler, HandlerError, inbox};
 use tiffin_events::menu::MenuItemUpserted;
@@ -93,88 +94,134 @@ impl OrderLifecycle {
     }
 }
 
-#[async_trait]
-impl Handler for OrderLifecycle {
-    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let (order_id, order_event, at, reason) = match event.event_type.as_str() {
-            "order.accepted" => {
-                let data = event
-                    .decode::<OrderAccepted>()
-                    .map_err(HandlerError::permanent)?;
-                (data.order_id, OrderEvent::Accepted, data.accepted_at, None)
-            }
-            "order.ready" => {
-                let data = event
-                    .decode::<OrderReady>()
-                    .map_err(HandlerError::permanent)?;
-                (data.order_id, OrderEvent::Ready, data.ready_at, None)
-            }
-            "order.rejected" => {
-                let data = event
-                    .decode::<OrderRejected>()
-                    .map_err(HandlerError::permanent)?;
-                let reason = data.reason.as_str().to_owned();
-                (
-                    data.order_id,
-                    OrderEvent::Rejected,
-                    data.rejected_at,
-                    Some(reason),
-                )
-            }
-            "order.picked_up" => {
-                let data = event
-                    .decode::<OrderPickedUp>()
-                    .map_err(HandlerError::permanent)?;
-                (data.order_id, OrderEvent::PickedUp, data.picked_up_at, None)
-            }
-            "order.delivered" => {
-                let data = event
-                    .decode::<OrderDelivered>()
-                    .map_err(HandlerError::permanent)?;
-                (
-                    data.order_id,
-                    OrderEvent::Delivered,
-                    data.delivered_at,
-                    None,
-                )
-            }
-            other => {
-                return Err(HandlerError::permanent(anyhow::anyhow!(
-                    "the order lifecycle does not handle event type {other}"
-                )));
-            }
-        };
+/// What a lifecycle event says happened to its order.
+struct Step {
+    order_id: String,
+    event: OrderEvent,
+    at: i64,
+    reason: Option<String>,
+}
 
-        let mut tx = self.db.begin_write_for(&[&order_id]).await?;
-        if !inbox::record(&mut tx, LIFECYCLE_GROUP, &event.id).await? {
-            tracing::debug!("event already handled");
+/// Reads the step out of a lifecycle event.
+fn step_of(event: &Envelope) -> Result<Step, HandlerError> {
+    let (order_id, order_event, at, reason) = match event.event_type.as_str() {
+        "order.accepted" => {
+            let data = event
+                .decode::<OrderAccepted>()
+                .map_err(HandlerError::permanent)?;
+            (data.order_id, OrderEvent::Accepted, data.accepted_at, None)
+        }
+        "order.ready" => {
+            let data = event
+                .decode::<OrderReady>()
+                .map_err(HandlerError::permanent)?;
+            (data.order_id, OrderEvent::Ready, data.ready_at, None)
+        }
+        "order.rejected" => {
+            let data = event
+                .decode::<OrderRejected>()
+                .map_err(HandlerError::permanent)?;
+            let reason = data.reason.as_str().to_owned();
+            (
+                data.order_id,
+                OrderEvent::Rejected,
+                data.rejected_at,
+                Some(reason),
+            )
+        }
+        "order.picked_up" => {
+            let data = event
+                .decode::<OrderPickedUp>()
+                .map_err(HandlerError::permanent)?;
+            (data.order_id, OrderEvent::PickedUp, data.picked_up_at, None)
+        }
+        "order.delivered" => {
+            let data = event
+                .decode::<OrderDelivered>()
+                .map_err(HandlerError::permanent)?;
+            (
+                data.order_id,
+                OrderEvent::Delivered,
+                data.delivered_at,
+                None,
+            )
+        }
+        other => {
+            return Err(HandlerError::permanent(anyhow::anyhow!(
+                "the order lifecycle does not handle event type {other}"
+            )));
+        }
+    };
+    Ok(Step {
+        order_id,
+        event: order_event,
+        at,
+        reason,
+    })
+}
+
+impl OrderLifecycle {
+    /// Applies one event inside `tx`, unless the inbox has seen it.
+    async fn apply(
+        tx: &mut Transaction<'static, Any>,
+        event: &Envelope,
+        step: &Step,
+    ) -> Result<(), HandlerError> {
+        if !inbox::record(tx, LIFECYCLE_GROUP, &event.id).await? {
+            tracing::debug!(event_id = %event.id, "event already handled");
             return Ok(());
         }
         let change = Change {
-            order_id: &order_id,
-            event: order_event,
-            at,
-            reason: reason.as_deref(),
+            order_id: &step.order_id,
+            event: step.event,
+            at: step.at,
+            reason: step.reason.as_deref(),
             event_id: Some(&event.id),
             trace: event.trace_context(),
         };
-        match saga::apply(&mut tx, &change).await? {
-            Outcome::Moved { from, to } => tracing::debug!(%from, %to, "order status changed"),
+        match saga::apply(tx, &change).await? {
+            Outcome::Moved { from, to } => {
+                tracing::debug!(order_id = %step.order_id, %from, %to, "order status changed");
+            }
             Outcome::Stale(status) => {
-                tracing::debug!(%status, "event already reflected in the order status")
+                tracing::debug!(order_id = %step.order_id, %status, "event already reflected in the order status");
             }
             Outcome::Illegal(status) => {
                 // Expected in a saga: the kitchen may accept an order the customer has
                 // just cancelled. The order keeps its status; this is not a fault.
-                tracing::info!(%status, event = ?order_event, "event contradicts the order status, ignored");
+                tracing::info!(order_id = %step.order_id, %status, event = ?step.event, "event contradicts the order status, ignored");
             }
             Outcome::UnknownOrder => {
                 // Events are published only after their order commits, so an unknown
                 // order means another deployment's data on the same broker.
                 return Err(HandlerError::permanent(anyhow::anyhow!(
-                    "order {order_id} does not exist"
+                    "order {} does not exist",
+                    step.order_id
                 )));
             }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for OrderLifecycle {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(event)).await
+    }
+
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
+    /// Applies the events of many orders in one transaction, which locks each of
+    /// their orders.
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let steps = events.iter().map(step_of).collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<&str> = steps.iter().map(|step| step.order_id.as_str()).collect();
+        let mut tx = self.db.begin_write_for(&keys).await?;
+        for (event, step) in events.iter().zip(&steps) {
+            Self::apply(&mut tx, event, step).await?;
         }
         tx.commit().await?;
         self.relay_waker.notify_one();
