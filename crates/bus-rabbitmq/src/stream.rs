@@ -237,6 +237,10 @@ impl StreamReceiver for RabbitStream {
         let deadline = Instant::now() + wait;
         let mut messages = Vec::new();
         let mut last_delivery = None;
+        // Skipped deliveries not yet acked. Acking after half the prefetch window
+        // returns credit before the window runs dry, with one frame per many skips.
+        let mut skipped = 0_u16;
+        let credit_step = (self.shared.options().prefetch / 2).max(1);
 
         while messages.len() < max {
             let (_, consumer) = self.live.as_mut().expect("consume sets live");
@@ -268,18 +272,23 @@ impl StreamReceiver for RabbitStream {
             if let Some(message) = self.message(&delivery).map_err(ReceiveError)? {
                 messages.push(message);
                 last_delivery = Some(delivery);
-            } else {
-                // A skipped delivery (another group's event type) returns its credit
-                // at once: waiting for the end of the batch would stall a reader
-                // that skips a whole prefetch window until the fetch times out.
-                // Acking it covers every earlier delivery too, so nothing older may be
-                // acked after it.
+                continue;
+            }
+            // A skipped delivery (another group's event type) must return its credit
+            // before the batch ends: waiting for the end would stall a reader that
+            // skips a whole prefetch window until the fetch times out. An ack with
+            // `multiple` covers every earlier delivery too.
+            skipped += 1;
+            if skipped >= credit_step {
                 delivery
                     .acker
                     .ack(BasicAckOptions { multiple: true })
                     .await
                     .map_err(|e| ReceiveError(e.into()))?;
+                skipped = 0;
                 last_delivery = None;
+            } else {
+                last_delivery = Some(delivery);
             }
         }
 

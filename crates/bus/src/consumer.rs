@@ -314,7 +314,8 @@ async fn settle_queue_message(
 ///
 /// A failing event is retried in place with backoff, because skipping it would
 /// reorder the stream; after the last attempt it is dead-lettered and reading moves
-/// on. The offset is committed after each handled batch. `caught_up` is set to true
+/// on. The offset is committed at most once per second while events keep coming,
+/// when the reader catches up, and on shutdown. `caught_up` is set to true
 /// whenever the reader has reached the end of the log, and to false when it has
 /// events to read.
 pub async fn run_stream(
@@ -327,6 +328,7 @@ pub async fn run_stream(
 ) {
     tracing::info!(consumer = %name, "stream reader started");
     let mut failures: u32 = 0;
+    let mut offsets = OffsetCommits::default();
     'read: while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             batch = receiver.fetch(256, Duration::from_millis(500)) => batch,
@@ -352,6 +354,8 @@ pub async fn run_stream(
             });
         }
         let Some(last) = messages.last().map(|m| m.offset) else {
+            // Caught up: a good moment to record how far the group got.
+            offsets.commit(name, receiver.as_mut()).await;
             continue;
         };
 
@@ -362,9 +366,7 @@ pub async fn run_stream(
                     .await;
             match whole {
                 Ok(Ok(())) => {
-                    if let Err(error) = receiver.commit(last).await {
-                        tracing::warn!(consumer = %name, error = %error, "failed to commit the stream offset; events will be read again");
-                    }
+                    offsets.handled(name, receiver.as_mut(), last).await;
                     continue;
                 }
                 Ok(Err(error)) => {
@@ -408,11 +410,54 @@ pub async fn run_stream(
                 }
             }
         }
-        if let Err(error) = receiver.commit(last).await {
-            tracing::warn!(consumer = %name, error = %error, "failed to commit the stream offset; events will be read again");
+        offsets.handled(name, receiver.as_mut(), last).await;
+    }
+    offsets.commit(name, receiver.as_mut()).await;
+    tracing::info!(consumer = %name, "stream reader stopped");
+}
+
+/// How often a busy stream reader commits its offset.
+///
+/// A commit is a write to the broker or the log, so committing after every small
+/// batch cost more than the handling on a busy stream. A reader that crashes reads
+/// up to this much again, which handlers absorb because they must be idempotent.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The offset a stream reader has handled but not yet committed.
+#[derive(Debug, Default)]
+struct OffsetCommits {
+    pending: Option<u64>,
+    last_commit: Option<tokio::time::Instant>,
+}
+
+impl OffsetCommits {
+    /// Records that events up to `offset` are handled, and commits when the last
+    /// commit is older than [`COMMIT_INTERVAL`].
+    async fn handled(&mut self, name: &str, receiver: &mut dyn StreamReceiver, offset: u64) {
+        self.pending = Some(offset);
+        if self
+            .last_commit
+            .is_none_or(|at| at.elapsed() >= COMMIT_INTERVAL)
+        {
+            self.commit(name, receiver).await;
         }
     }
-    tracing::info!(consumer = %name, "stream reader stopped");
+
+    /// Commits the pending offset, if any.
+    async fn commit(&mut self, name: &str, receiver: &mut dyn StreamReceiver) {
+        let Some(offset) = self.pending else {
+            return;
+        };
+        match receiver.commit(offset).await {
+            Ok(()) => {
+                self.pending = None;
+                self.last_commit = Some(tokio::time::Instant::now());
+            }
+            Err(error) => {
+                tracing::warn!(consumer = %name, offset, error = %error, "failed to commit the stream offset; events will be read again");
+            }
+        }
+    }
 }
 
 fn event_span(consumer: &str, envelope: &Envelope, attempt: u32) -> tracing::Span {
