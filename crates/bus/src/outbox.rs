@@ -82,7 +82,7 @@ pub async fn enqueue_many(
             "INSERT INTO outbox (event_id, envelope, created_at) VALUES {}",
             rows.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for envelope in chunk {
             let json = serde_json::to_string(envelope).expect("an envelope always serializes");
             query = query.bind(envelope.id.as_str()).bind(json).bind(now);
@@ -175,7 +175,9 @@ impl OutboxRelay {
                 "DELETE FROM outbox WHERE event_id IN ({})",
                 placeholders.join(", ")
             );
-            let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql));
+            // Batch sizes vary, so keep these statements out of the connection's
+            // cache of prepared statements, where they would push out the hot ones.
+            let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for id in chunk {
                 delete = delete.bind(id.as_str());
             }

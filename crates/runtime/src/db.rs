@@ -243,19 +243,18 @@ impl Database {
                 let mut tx = self.pool.begin().await?;
                 let locks = lock_ids(keys);
                 if !locks.is_empty() {
-                    let list = locks
-                        .iter()
-                        .map(i32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    // The ids are integers formatted here, so the statement contains
-                    // no caller text. One statement saves a round trip per key, and
-                    // unnest returns the sorted ids in array order.
-                    let sql = format!(
-                        "SELECT COUNT(pg_advisory_xact_lock({KEYED_LOCK_SPACE}, id)) \
-                         FROM unnest(ARRAY[{list}]::int4[]) AS id"
-                    );
-                    tx.execute(sqlx::AssertSqlSafe(sql)).await?;
+                    // The target list is evaluated left to right, so the locks are
+                    // taken in ascending order. The text depends only on the number
+                    // of keys, so sqlx prepares each shape once per connection.
+                    let calls: Vec<String> = (1..=locks.len())
+                        .map(|i| format!("pg_advisory_xact_lock({KEYED_LOCK_SPACE}, ${i}) IS NULL"))
+                        .collect();
+                    let sql = format!("SELECT {}", calls.join(", "));
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for id in locks {
+                        query = query.bind(id);
+                    }
+                    query.execute(&mut *tx).await?;
                 }
                 Ok(tx)
             }
