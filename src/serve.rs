@@ -364,13 +364,48 @@ impl Cluster {
                     return Ok(());
                 }
             }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the distributed system was not ready within {} s",
-                timeout.as_secs()
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let problems = self.last_problems();
+                let detail = if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last warnings:\n  {}", problems.join("\n  "))
+                };
+                anyhow::bail!(
+                    "the distributed system was not ready within {} s (logs in {}){detail}",
+                    timeout.as_secs(),
+                    self.logs_dir().display()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Returns the last warning of the process logs, one line per distinct text
+    /// with the logs that ended on it, so a start-up that never becomes ready says
+    /// why (an unknown virtual host, a refused login).
+    fn last_problems(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.logs_dir()) else {
+            return Vec::new();
+        };
+        let mut problems: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if let Some(problem) = last_problem(&text) {
+                let name = entry.file_name().to_string_lossy().replace(".log", "");
+                problems.entry(problem).or_default().push(name);
+            }
+        }
+        problems
+            .into_iter()
+            .map(|(problem, mut names)| {
+                names.sort();
+                format!("{}: {problem}", names.join(", "))
+            })
+            .collect()
     }
 
     /// Kills one service's process with SIGKILL, as a crash would.
@@ -458,4 +493,80 @@ pub async fn demo_distributed(args: &DemoArgs, data_dir: &Path) -> anyhow::Resul
     eprintln!("Stopping the service processes...");
     cluster.stop().await;
     outcome
+}
+
+/// Returns the last warning or error of a log, preferring lines that carry an
+/// `error` field: JSON lines as `LEVEL message: error`, text lines as they are.
+fn last_problem(log: &str) -> Option<String> {
+    let mut fallback = None;
+    for line in log.lines().rev() {
+        let line = strip_ansi(line);
+        if !(line.contains("WARN") || line.contains("ERROR")) {
+            continue;
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&line) else {
+            return Some(line.trim().to_owned());
+        };
+        let text = |key: &str| fields.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+        let summary = format!("{} {}", text("level"), text("message"));
+        if fields.contains_key("error") {
+            return Some(format!("{summary}: {}", text("error")));
+        }
+        fallback.get_or_insert(summary);
+    }
+    fallback
+}
+
+/// Removes terminal colour codes (`ESC [ ... m`) from a log line.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for end in chars.by_ref() {
+                if end.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{last_problem, strip_ansi};
+
+    #[test]
+    fn last_problem_prefers_a_line_with_an_error() {
+        let log = concat!(
+            r#"{"level":"WARN","message":"failed to start","error":"vhost x not found"}"#,
+            "\n",
+            r#"{"level":"ERROR","message":"backoff exhausted"}"#,
+            "\n",
+            r#"{"level":"INFO","message":"retrying"}"#,
+        );
+        assert_eq!(
+            last_problem(log).as_deref(),
+            Some("WARN failed to start: vhost x not found")
+        );
+    }
+
+    #[test]
+    fn last_problem_reads_text_lines() {
+        let log = "INFO started\n\u{1b}[33m WARN\u{1b}[0m disk slow\nINFO ok";
+        assert_eq!(last_problem(log).as_deref(), Some("WARN disk slow"));
+        assert_eq!(last_problem("INFO fine"), None);
+    }
+
+    #[test]
+    fn strip_ansi_keeps_text() {
+        assert_eq!(
+            strip_ansi("\u{1b}[33m WARN\u{1b}[0m vhost not found"),
+            " WARN vhost not found"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
 }
