@@ -6,7 +6,8 @@
 //! - every authorization ends captured or voided, exactly once, never both: a
 //!   delivered order's payment is captured for the order total, a rejected or
 //!   cancelled order's payment is voided and never captured, and no authorization is
-//!   left without an order;
+//!   left without an order (one whose placement timed out counts only after the
+//!   time limit, because the order service voids it after its retry window);
 //! - no payment step (void or capture) failed for good;
 //! - the customer got exactly one notification per status change in the order's
 //!   timeline, and none for a change the order never made.
@@ -154,6 +155,17 @@ pub async fn audit(
     .iter()
     .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
     .collect::<Result<_, sqlx::Error>>()?;
+    // Authorizations whose placement timed out: the order service voids each one
+    // once its retry window has passed, so until then it is not an orphan.
+    let releasing: HashMap<String, i64> = sqlx::query(
+        "SELECT order_id, created_at FROM unclaimed_authorizations \
+         WHERE status IN ('pending', 'releasing')",
+    )
+    .fetch_all(&orders_db)
+    .await?
+    .iter()
+    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+    .collect::<Result<_, sqlx::Error>>()?;
     for pool in [orders_db, payments_db, notifications_db] {
         pool.close().await;
     }
@@ -178,7 +190,13 @@ pub async fn audit(
 
     let order_ids: HashSet<&String> = orders.keys().collect();
     for (payment_id, payment) in &payments {
-        if payment.status == "AUTHORIZED" && !order_ids.contains(&payment.reference) {
+        let being_released = releasing
+            .get(&payment.reference)
+            .is_some_and(|created_at| now - created_at <= time_limit_ms);
+        if payment.status == "AUTHORIZED"
+            && !order_ids.contains(&payment.reference)
+            && !being_released
+        {
             report.violate(
                 "authorization_without_order",
                 &payment.reference,

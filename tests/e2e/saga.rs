@@ -462,3 +462,50 @@ async fn late_authorization_without_retry_is_voided() {
     assert_eq!(retry.status(), StatusCode::CONFLICT, "the key is spent");
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_waits_for_release_of_timed_out_authorization() {
+    let system = TestSystem::start_with(|settings| {
+        settings.processor.latency = Duration::from_millis(700);
+        settings.release_unclaimed_after = Duration::from_secs(60);
+    })
+    .await;
+    let customer = system.customer("impatient").await;
+    let (restaurant, items) = system.restaurant_with_menu(3).await;
+    let body = order_body(&restaurant, &[&items[0]]);
+
+    let timed_out = system
+        .place(&customer.token, Some("slow-auth"), &body)
+        .await;
+    assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let mut authorized = 0;
+    for _ in 0..100 {
+        authorized = count_rows(
+            system.dir.path(),
+            "payments",
+            "SELECT COUNT(*) FROM payments WHERE status = 'AUTHORIZED'",
+        )
+        .await;
+        if authorized > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let within_limit = tiffin::audit::audit(system.dir.path(), 30_000)
+        .await
+        .expect("audit runs");
+    let past_limit = tiffin::audit::audit(system.dir.path(), -1)
+        .await
+        .expect("audit runs");
+
+    assert_eq!(authorized, 1, "the late authorization completed");
+    assert!(within_limit.is_clean(), "audit:\n{within_limit}");
+    assert!(
+        past_limit
+            .violations
+            .iter()
+            .any(|v| v.rule == "authorization_without_order"),
+        "audit past the limit:\n{past_limit}"
+    );
+    system.stop().await;
+}
