@@ -382,8 +382,8 @@ impl Cluster {
     }
 
     /// Returns the last warning of the process logs, one line per distinct text
-    /// with the logs that ended on it, so a start-up that never becomes ready says
-    /// why (an unknown virtual host, a refused login).
+    /// with the logs that ended on it, so a start-up that never becomes ready
+    /// reports why (an unknown virtual host, a refused login).
     fn last_problems(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.logs_dir()) else {
             return Vec::new();

@@ -200,7 +200,7 @@ pub async fn run_queue(
             }
         };
         if messages.len() > 1 && handler.applies_batches() {
-            // One task and one transaction for the batch; it holds a slot per message.
+            // One task and one transaction for the batch, which takes a slot per message.
             let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
             let batch_permits = permits
                 .clone()
@@ -264,12 +264,12 @@ async fn settle_queue_batch(
             futures::future::join_all(acks).await;
         }
         outcome => {
-            let why = match outcome {
+            let cause = match outcome {
                 Ok(Ok(Err(error))) => error.to_string(),
                 Ok(Err(_)) => "the handler panicked".to_owned(),
                 _ => "the handler timed out".to_owned(),
             };
-            tracing::debug!(consumer = %name, messages = envelopes.len(), error = %why, "batch failed, handling its messages one by one");
+            tracing::debug!(consumer = %name, messages = envelopes.len(), error = %cause, "batch failed, handling its messages one by one");
             for message in messages {
                 settle_queue_message(name, message, handler, policy).await;
             }

@@ -94,7 +94,7 @@ impl OrderLifecycle {
     }
 }
 
-/// What a lifecycle event says happened to its order.
+/// The change to its order that a lifecycle event reports.
 struct Step {
     order_id: String,
     event: OrderEvent,
