@@ -314,8 +314,8 @@ async fn settle_queue_message(
 ///
 /// A failing event is retried in place with backoff, because skipping it would
 /// reorder the stream; after the last attempt it is dead-lettered and reading moves
-/// on. The offset is committed at most once per second while events keep coming,
-/// when the reader catches up, and on shutdown. `caught_up` is set to true
+/// on. The offset is committed once per second or 512 events while events keep
+/// coming, when the reader catches up or a read fails, and on shutdown. `caught_up` is set to true
 /// whenever the reader has reached the end of the log, and to false when it has
 /// events to read.
 pub async fn run_stream(
@@ -337,6 +337,9 @@ pub async fn run_stream(
         let messages = match batch {
             Ok(messages) => messages,
             Err(error) => {
+                // A backend may stop delivering while too many events wait for a
+                // commit (NATS's max_ack_pending), so commit before trying again.
+                offsets.commit(name, receiver.as_mut()).await;
                 failures += 1;
                 let delay = policy.backoff(failures.min(8));
                 tracing::warn!(consumer = %name, error = %error, retry_in_ms = delay.as_millis() as u64, "failed to read the stream");
@@ -366,7 +369,9 @@ pub async fn run_stream(
                     .await;
             match whole {
                 Ok(Ok(())) => {
-                    offsets.handled(name, receiver.as_mut(), last).await;
+                    offsets
+                        .handled(name, receiver.as_mut(), last, messages.len())
+                        .await;
                     continue;
                 }
                 Ok(Err(error)) => {
@@ -410,7 +415,9 @@ pub async fn run_stream(
                 }
             }
         }
-        offsets.handled(name, receiver.as_mut(), last).await;
+        offsets
+            .handled(name, receiver.as_mut(), last, messages.len())
+            .await;
     }
     offsets.commit(name, receiver.as_mut()).await;
     tracing::info!(consumer = %name, "stream reader stopped");
@@ -423,21 +430,35 @@ pub async fn run_stream(
 /// up to this much again, which handlers absorb because they must be idempotent.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most events a stream reader handles between commits. It stays below the
+/// unacknowledged messages that a backend lets a reader hold (1,000 by default on
+/// NATS JetStream), which would otherwise stop deliveries until the next commit.
+const COMMIT_EVERY: usize = 512;
+
 /// The offset a stream reader has handled but not yet committed.
 #[derive(Debug, Default)]
 struct OffsetCommits {
     pending: Option<u64>,
+    uncommitted_events: usize,
     last_commit: Option<tokio::time::Instant>,
 }
 
 impl OffsetCommits {
-    /// Records that events up to `offset` are handled, and commits when the last
-    /// commit is older than [`COMMIT_INTERVAL`].
-    async fn handled(&mut self, name: &str, receiver: &mut dyn StreamReceiver, offset: u64) {
+    /// Records that `events` more events, up to `offset`, are handled, and commits
+    /// after [`COMMIT_INTERVAL`] or [`COMMIT_EVERY`] events.
+    async fn handled(
+        &mut self,
+        name: &str,
+        receiver: &mut dyn StreamReceiver,
+        offset: u64,
+        events: usize,
+    ) {
         self.pending = Some(offset);
-        if self
-            .last_commit
-            .is_none_or(|at| at.elapsed() >= COMMIT_INTERVAL)
+        self.uncommitted_events += events;
+        if self.uncommitted_events >= COMMIT_EVERY
+            || self
+                .last_commit
+                .is_none_or(|at| at.elapsed() >= COMMIT_INTERVAL)
         {
             self.commit(name, receiver).await;
         }
@@ -451,6 +472,7 @@ impl OffsetCommits {
         match receiver.commit(offset).await {
             Ok(()) => {
                 self.pending = None;
+                self.uncommitted_events = 0;
                 self.last_commit = Some(tokio::time::Instant::now());
             }
             Err(error) => {
