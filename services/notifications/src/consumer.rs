@@ -142,10 +142,7 @@ impl Handler for NotificationHandler {
             return Ok(());
         }
 
-        let sends = new.iter().map(|notification| {
-            sender::deliver(&self.db, self.channel.as_ref(), notification, &self.policy)
-        });
-        futures::future::join_all(sends).await;
+        sender::deliver_many(&self.db, self.channel.as_ref(), &new, &self.policy).await;
         self.sender.notify_one();
         Ok(())
     }

@@ -87,17 +87,9 @@ pub(crate) async fn deliver(
     notification: &Notification,
     policy: &SendPolicy,
 ) {
-    let outcome = match tokio::time::timeout(policy.timeout, channel.send(notification)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(anyhow::anyhow!(
-            "send timed out after {} ms",
-            policy.timeout.as_millis()
-        )),
-    };
-
-    let now = now_millis();
-    match outcome {
+    match send(channel, notification, policy).await {
         Ok(()) => {
+            let now = now_millis();
             match storage::mark_sent(db.write_pool(), &notification.notification_id, now).await {
                 Ok(_) => tracing::trace!(
                     notification_id = %notification.notification_id,
@@ -111,45 +103,114 @@ pub(crate) async fn deliver(
                 ),
             }
         }
-        Err(send_error) => {
-            let attempt = notification.attempts + 1;
-            let retry_in = policy.backoff(attempt);
-            let recorded = storage::record_failure(
-                db.write_pool(),
-                &notification.notification_id,
-                &format!("{send_error:#}"),
-                now.saturating_add(millis(retry_in)),
-                i64::from(policy.max_attempts),
-            )
-            .await;
-            match recorded {
-                Ok(Some(failure)) if failure.status == NotificationStatus::Failed => {
-                    tracing::error!(
-                        notification_id = %notification.notification_id,
-                        order_id = %notification.order_id,
-                        attempts = failure.attempts,
-                        error = %send_error,
-                        cause = ?send_error,
-                        "failed to send notification; giving up"
-                    );
-                }
-                Ok(Some(failure)) => tracing::warn!(
-                    notification_id = %notification.notification_id,
-                    order_id = %notification.order_id,
-                    attempts = failure.attempts,
-                    error = %send_error,
-                    retry_in_ms = retry_in.as_millis() as u64,
-                    "failed to send notification, will retry"
-                ),
-                Ok(None) => {}
-                Err(error) => tracing::error!(
-                    notification_id = %notification.notification_id,
-                    error = %error,
-                    send_error = %send_error,
-                    "failed to record a failed send; it is retried after its lease"
-                ),
-            }
+        Err(send_error) => record_failed_send(db, notification, &send_error, policy).await,
+    }
+}
+
+/// Sends notifications side by side, as [`deliver`] does, and marks the sent ones
+/// in one transaction, which saves a commit per notification.
+pub(crate) async fn deliver_many(
+    db: &Database,
+    channel: &dyn Channel,
+    notifications: &[Notification],
+    policy: &SendPolicy,
+) {
+    let outcomes = futures::future::join_all(
+        notifications
+            .iter()
+            .map(|notification| send(channel, notification, policy)),
+    )
+    .await;
+    let mut sent = Vec::with_capacity(notifications.len());
+    for (notification, outcome) in notifications.iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => sent.push(notification),
+            Err(send_error) => record_failed_send(db, notification, &send_error, policy).await,
         }
+    }
+    if sent.is_empty() {
+        return;
+    }
+
+    let now = now_millis();
+    let marked = async {
+        let mut tx = db.begin_write_for(&[]).await?;
+        for notification in &sent {
+            storage::mark_sent(&mut *tx, &notification.notification_id, now).await?;
+        }
+        tx.commit().await
+    }
+    .await;
+    match marked {
+        Ok(()) => tracing::trace!(sent = sent.len(), "notifications sent"),
+        Err(error) => tracing::error!(
+            notification_ids = ?sent.iter().map(|n| n.notification_id.as_str()).collect::<Vec<_>>(),
+            error = %error,
+            "failed to mark sent notifications; they will be sent again"
+        ),
+    }
+}
+
+/// Sends one notification, within the policy's timeout.
+async fn send(
+    channel: &dyn Channel,
+    notification: &Notification,
+    policy: &SendPolicy,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(policy.timeout, channel.send(notification)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(anyhow::anyhow!(
+            "send timed out after {} ms",
+            policy.timeout.as_millis()
+        )),
+    }
+}
+
+/// Records a failed send: schedules the next attempt, or gives the notification up
+/// after its last one.
+async fn record_failed_send(
+    db: &Database,
+    notification: &Notification,
+    send_error: &anyhow::Error,
+    policy: &SendPolicy,
+) {
+    let now = now_millis();
+    let attempt = notification.attempts + 1;
+    let retry_in = policy.backoff(attempt);
+    let recorded = storage::record_failure(
+        db.write_pool(),
+        &notification.notification_id,
+        &format!("{send_error:#}"),
+        now.saturating_add(millis(retry_in)),
+        i64::from(policy.max_attempts),
+    )
+    .await;
+    match recorded {
+        Ok(Some(failure)) if failure.status == NotificationStatus::Failed => {
+            tracing::error!(
+                notification_id = %notification.notification_id,
+                order_id = %notification.order_id,
+                attempts = failure.attempts,
+                error = %send_error,
+                cause = ?send_error,
+                "failed to send notification; giving up"
+            );
+        }
+        Ok(Some(failure)) => tracing::warn!(
+            notification_id = %notification.notification_id,
+            order_id = %notification.order_id,
+            attempts = failure.attempts,
+            error = %send_error,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "failed to send notification, will retry"
+        ),
+        Ok(None) => {}
+        Err(error) => tracing::error!(
+            notification_id = %notification.notification_id,
+            error = %error,
+            send_error = %send_error,
+            "failed to record a failed send; it is retried after its lease"
+        ),
     }
 }
 

@@ -175,8 +175,8 @@ pub(crate) async fn claim(
 }
 
 /// Marks a pending notification sent at `now` and returns whether it was pending.
-pub(crate) async fn mark_sent(
-    pool: &AnyPool,
+pub(crate) async fn mark_sent<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
     notification_id: &str,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
@@ -186,7 +186,7 @@ pub(crate) async fn mark_sent(
     )
     .bind(notification_id)
     .bind(now)
-    .execute(pool)
+    .execute(executor)
     .await?
     .rows_affected();
     Ok(updated == 1)
