@@ -300,13 +300,17 @@ async fn crash_between_void_and_record_voids_once() {
         .unwrap();
     let order_id = placed["id"].as_str().unwrap().to_owned();
 
+    // The fault ends the process right after the void is sent, which can be
+    // before the cancel's response is written; the pending step below shows that
+    // the cancellation committed either way.
     let cancelled = http
         .post(format!("{gateway}/v1/orders/{order_id}/cancel"))
         .bearer_auth(&token)
         .send()
-        .await
-        .unwrap();
-    assert_eq!(cancelled.status(), StatusCode::OK);
+        .await;
+    if let Ok(response) = &cancelled {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("the fault ends the process")
