@@ -300,9 +300,9 @@ async fn crash_between_void_and_record_voids_once() {
         .unwrap();
     let order_id = placed["id"].as_str().unwrap().to_owned();
 
-    // The fault ends the process right after the void is sent, which can be
-    // before the cancel's response is written; the pending step below shows that
-    // the cancellation committed either way.
+    // The fault ends the process right after the void is sent, sometimes before
+    // the cancel's response is written. The pending step below shows that the
+    // cancellation committed either way.
     let cancelled = http
         .post(format!("{gateway}/v1/orders/{order_id}/cancel"))
         .bearer_auth(&token)

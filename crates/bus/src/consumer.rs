@@ -46,7 +46,7 @@ pub trait Handler: Send + Sync + 'static {
     /// stream runner with each batch read, the queue runner with each fetch of more
     /// than one message, acking them all after it succeeds. When it fails, the
     /// runner handles the batch again one event at a time, so one bad event is
-    /// retried and dead-lettered on its own; that is safe only because a failed
+    /// retried and dead-lettered on its own. That is safe only because a failed
     /// batch changed nothing. The default calls [`Handler::handle`] for each event.
     ///
     /// # Errors
@@ -338,7 +338,8 @@ pub async fn run_stream(
             Ok(messages) => messages,
             Err(error) => {
                 // A backend may stop delivering while too many events wait for a
-                // commit (NATS's max_ack_pending), so commit before trying again.
+                // commit (NATS JetStream's max_ack_pending), so commit before trying
+                // again.
                 offsets.commit(name, receiver.as_mut()).await;
                 failures += 1;
                 let delay = policy.backoff(failures.min(8));
@@ -430,9 +431,9 @@ pub async fn run_stream(
 /// up to this much again, which handlers absorb because they must be idempotent.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Most events a stream reader handles between commits. It stays below the
-/// unacknowledged messages that a backend lets a reader hold (1,000 by default on
-/// NATS JetStream), which would otherwise stop deliveries until the next commit.
+/// Maximum events a stream reader handles between commits. It stays below the
+/// number of unacknowledged messages a backend lets a reader keep (NATS
+/// JetStream's `max_ack_pending`, 1,000 by default), past which deliveries stop.
 const COMMIT_EVERY: usize = 512;
 
 /// The offset a stream reader has handled but not yet committed.

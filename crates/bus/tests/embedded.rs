@@ -90,7 +90,7 @@ impl Handler for Recorder {
 }
 
 /// Applies batches all or nothing, as a handler with one transaction per batch
-/// does: a batch holding a poison event records none of its events.
+/// does: a batch containing a poison event records none of its events.
 #[derive(Default)]
 struct BatchRecorder {
     seen: Mutex<Vec<u32>>,

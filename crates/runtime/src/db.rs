@@ -171,7 +171,7 @@ impl Database {
         &self.pool
     }
 
-    /// The pool for single-statement writes outside a transaction. On SQLite its one
+    /// Returns the pool for single-statement writes outside a transaction. On SQLite its one
     /// connection is shared with [`Database::begin_write`], so such a write waits
     /// its turn in this process rather than in SQLite's busy handler.
     pub fn write_pool(&self) -> &AnyPool {
@@ -226,9 +226,9 @@ impl Database {
     ///
     /// On PostgreSQL each key becomes a transaction-scoped advisory lock in a space
     /// of its own (the two-integer form, so it never meets [`Database::begin_write`]'s
-    /// lock). The locks are taken in one statement in ascending order, so two
-    /// transactions cannot deadlock over their keys. Two different keys may
-    /// share a lock by hash collision, which costs waiting, never correctness.
+    /// lock). The ids are sorted and locked in that order in one statement, so two
+    /// transactions cannot deadlock over their keys. Two different keys may share a
+    /// lock by hash collision, which costs waiting, never correctness.
     ///
     /// # Errors
     ///

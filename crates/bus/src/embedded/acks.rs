@@ -4,13 +4,13 @@
 //! its own fsync, competing for the file's write lock with every other ack through
 //! SQLite's sleeping busy handler. Consumers ack from many tasks at once, so one
 //! task collects the acks waiting at that moment and deletes them in one
-//! transaction. Each caller still returns only after the commit that holds its ack,
+//! transaction. Each caller still returns only after the commit that contains its ack,
 //! so an acked message is as durable as before.
 
 use tiffin_runtime::db::Database;
 use tokio::sync::{mpsc, oneshot};
 
-/// Most acks in one transaction; more wait for the next one.
+/// Maximum acks per transaction. Any more wait for the next one.
 const MAX_GROUP: usize = 512;
 
 /// One ack waiting for its commit.
@@ -61,7 +61,7 @@ async fn commit_groups(db: Database, mut receiver: mpsc::UnboundedReceiver<Pendi
             tracing::warn!(error = %error, acks = group.len(), "failed to commit acks");
         }
         for pending in group.drain(..) {
-            // A caller that gave up waiting has nothing to learn.
+            // A caller that stopped waiting needs no result.
             let _ = pending
                 .done
                 .send(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
