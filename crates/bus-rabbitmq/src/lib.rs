@@ -16,8 +16,15 @@
 //!   `tiffin-dead-letter-reason` header. `G` also has `x-delivery-limit`
 //!   ([`Options::delivery_limit`]) and dead-letters to `G.dead` as a safety net for
 //!   a message that keeps killing its consumer before the runner can settle it.
-//! - The event stream is one stream queue ([`Options::stream`]) bound to `#`. A
-//!   stream group `G` stores its committed offset in `G.offset`, a durable classic
+//! - The event stream is one stream queue per event family, the family being the
+//!   first word of the event type: `order.placed` goes to `tiffin.stream.order`
+//!   (the [`Options::stream`] prefix, a dot and the family), bound to `order.#`.
+//!   RabbitMQ before 3.13 cannot filter a stream on the broker, so with one stream
+//!   for every event a reader of restaurant updates would be sent, and would skip,
+//!   every order event. A stream reader therefore reads one family. A publisher
+//!   declares a family's stream before its first event of that family on each
+//!   connection, so no event misses its stream.
+//! - A stream group `G` stores its committed offset in `G.offset`, a durable classic
 //!   queue of length 1, because AMQP 0-9-1 has no server-side offset tracking.
 //!
 //! # Reconnecting
@@ -26,8 +33,9 @@
 //! fetch calls return errors, so the outbox relay and the consumer runner retry with
 //! their own backoff. Each such call also tries to reconnect, at most once per
 //! backoff step: 100 ms after the first failure, doubling up to 5 s. A new
-//! connection declares the exchange and the stream queue again, and each receiver
-//! declares its queues and resumes consuming on its next fetch.
+//! connection declares the exchange again. It declares each family's stream again
+//! before it publishes the family's first event. Each receiver declares its queues
+//! and resumes consuming on its next fetch.
 //!
 //! # Layout
 //!
@@ -42,6 +50,7 @@ mod headers;
 mod queue;
 mod stream;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,9 +85,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 pub struct Options {
     /// The topic exchange events are published to. Default `tiffin.events`.
     pub exchange: String,
-    /// The stream queue that keeps every event for stream readers, or `None` for a
-    /// deployment with work queues only, where [`Subscriber::stream`] fails and an
-    /// event no group binds is unroutable. Default `tiffin.stream`.
+    /// The prefix of the stream queues that keep every event for stream readers,
+    /// one per event family (`tiffin.stream.order`), or `None` for a deployment
+    /// with work queues only, where [`Subscriber::stream`] fails and an event no
+    /// group binds is unroutable. Default `tiffin.stream`.
     pub stream: Option<String>,
     /// Messages the broker sends a receiver ahead of its fetches (`basic.qos`).
     /// Default 32.
@@ -119,8 +129,7 @@ pub struct ConnectError {
 }
 
 /// Connects to the broker at `url` (`amqp://user:password@host:port/vhost`, the
-/// default virtual host `/` written `%2f`) and declares the exchange and the stream
-/// queue.
+/// default virtual host `/` written `%2f`) and declares the exchange.
 ///
 /// # Errors
 ///
@@ -175,6 +184,8 @@ impl fmt::Debug for Shared {
 struct Link {
     connection: Option<Connection>,
     publisher: Option<Channel>,
+    /// Event families whose stream this connection declared.
+    streams: HashSet<String>,
     /// Connection attempts failed in a row.
     failures: u32,
     /// No new connection attempt before this instant.
@@ -233,7 +244,7 @@ impl Shared {
         }
     }
 
-    /// Opens a connection and declares the exchange and the stream queue.
+    /// Opens a connection and declares the exchange.
     async fn open(&self, link: &mut Link) -> anyhow::Result<()> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.options.connection_name.as_str().into());
@@ -251,29 +262,12 @@ impl Shared {
             )
             .await
             .with_context(|| format!("failed to declare exchange {}", self.options.exchange))?;
-        if let Some(stream) = &self.options.stream {
-            let mut arguments = FieldTable::default();
-            arguments.insert("x-queue-type".into(), headers::string("stream"));
-            channel
-                .queue_declare(stream.as_str().into(), durable(), arguments)
-                .await
-                .with_context(|| format!("failed to declare stream queue {stream}"))?;
-            channel
-                .queue_bind(
-                    stream.as_str().into(),
-                    self.options.exchange.as_str().into(),
-                    "#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("failed to bind stream queue {stream}"))?;
-        }
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         link.connection = Some(connection);
         link.publisher = Some(channel);
+        link.streams.clear();
         link.failures = 0;
         link.retry_at = None;
         Ok(())
@@ -310,6 +304,35 @@ impl Shared {
             .await?;
         link.publisher = Some(channel.clone());
         Ok(channel)
+    }
+
+    /// Declares the stream of each of `families` that this connection has not
+    /// declared yet, so that their events have a stream to go to.
+    async fn declare_streams(&self, families: &[&str]) -> anyhow::Result<()> {
+        let Some(prefix) = &self.options.stream else {
+            return Ok(());
+        };
+        let mut link = self.link.lock().await;
+        self.ensure(&mut link).await?;
+        let missing: Vec<&str> = families
+            .iter()
+            .copied()
+            .filter(|family| !link.streams.contains(*family))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let connection = link
+            .connection
+            .as_ref()
+            .expect("ensure leaves an open connection");
+        let channel = connection.create_channel().await?;
+        for family in missing {
+            declare_stream(&channel, &self.options.exchange, prefix, family).await?;
+            link.streams.insert(family.to_owned());
+        }
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(())
     }
 
     /// Publishes `messages` in order and waits until the broker confirmed each.
@@ -377,6 +400,43 @@ fn reconnect_delay(failures: u32) -> Duration {
         .min(RECONNECT_MAX)
 }
 
+/// Returns the family of an event type: its first word (`order` for
+/// `order.placed`).
+pub(crate) fn family(event_type: &str) -> &str {
+    event_type.split('.').next().unwrap_or(event_type)
+}
+
+/// Returns the name of the stream queue of `family`.
+pub(crate) fn stream_name(prefix: &str, family: &str) -> String {
+    format!("{prefix}.{family}")
+}
+
+/// Declares the stream queue of `family` and binds it to every event type of the
+/// family (`#` also matches no word, so `order.#` takes `order` too).
+pub(crate) async fn declare_stream(
+    channel: &Channel,
+    exchange: &str,
+    prefix: &str,
+    family: &str,
+) -> anyhow::Result<()> {
+    let stream = stream_name(prefix, family);
+    channel
+        .queue_declare(stream.as_str().into(), durable(), queue_type("stream"))
+        .await
+        .with_context(|| format!("failed to declare stream queue {stream}"))?;
+    channel
+        .queue_bind(
+            stream.as_str().into(),
+            exchange.into(),
+            format!("{family}.#").as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("failed to bind stream queue {stream}"))?;
+    Ok(())
+}
+
 fn display_exchange(exchange: &str) -> &str {
     if exchange.is_empty() {
         "(default)"
@@ -408,6 +468,17 @@ pub(crate) fn long(value: i64) -> AMQPValue {
 #[async_trait]
 impl Publisher for RabbitBus {
     async fn publish(&self, events: &[Envelope]) -> Result<(), PublishError> {
+        let mut families: Vec<&str> = Vec::new();
+        for envelope in events {
+            let family = family(&envelope.event_type);
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        self.shared
+            .declare_streams(&families)
+            .await
+            .map_err(PublishError)?;
         let messages = events
             .iter()
             .map(|envelope| Outgoing {

@@ -1,21 +1,24 @@
 //! Stream readers and their committed offsets.
 //!
-//! A reader consumes the stream queue with `x-stream-offset` set from the group's
-//! committed offset, or from the spec's start position when the group has
-//! committed nothing. It filters event types itself, because the stream keeps
-//! every event.
+//! A reader consumes the stream queue of its event family with `x-stream-offset`
+//! set from the group's committed offset, or from the spec's start position when
+//! the group has committed nothing. It filters event types within the family
+//! itself, because the stream keeps every event of the family.
 //!
 //! The committed offset of group `G` lives in `G.offset`, a durable classic queue
-//! with `x-max-length` 1, so it keeps only the latest commit. A reader reads it
-//! with `basic.get` and returns it at once. Two members of one group that commit at
-//! the same moment race, and the later commit wins, which at worst makes the group
-//! read some events again.
+//! with `x-max-length` 1, so it keeps only the latest commit, written as the stream
+//! name, a space and the offset. A reader reads it with `basic.get` and returns it
+//! at once. A commit that names another stream, or only a number (as written when
+//! one stream kept every family), does not apply, and the group starts at the
+//! spec's start position. Two members of one group that commit at the same moment
+//! race, and the later commit wins, which at worst makes the group read some events
+//! again.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use async_trait::async_trait;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
@@ -31,12 +34,15 @@ use tiffin_bus::api::{
 use tokio::time::Instant;
 
 use crate::headers::{self, DEAD_LETTER_REASON, PUBLISHED_MS, STREAM_OFFSET};
-use crate::{Outgoing, Shared, durable, long, queue_type};
+use crate::{Outgoing, Shared, declare_stream, durable, family, long, queue_type, stream_name};
 
 /// A reader of the stream queue for one group.
 pub(crate) struct RabbitStream {
     shared: Arc<Shared>,
+    /// The stream queue of the family.
     stream: String,
+    /// The event family the group reads.
+    family: String,
     group: String,
     patterns: Vec<String>,
     offset_queue: String,
@@ -65,11 +71,13 @@ impl fmt::Debug for RabbitStream {
 
 impl RabbitStream {
     pub(crate) async fn open(shared: Arc<Shared>, spec: &StreamSpec) -> anyhow::Result<Self> {
-        let stream = shared.options().stream.clone().ok_or_else(|| {
+        let prefix = shared.options().stream.clone().ok_or_else(|| {
             anyhow!("this bus has no stream queue; set Options::stream to read the event stream")
         })?;
+        let family = spec_family(&spec.event_types)?;
         let mut reader = Self {
-            stream,
+            stream: stream_name(&prefix, &family),
+            family,
             group: spec.group.clone(),
             patterns: spec.event_types.clone(),
             offset_queue: format!("{}.offset", spec.group),
@@ -93,10 +101,14 @@ impl RabbitStream {
         Ok(reader)
     }
 
-    /// Declares the group's offset and dead-letter queues and reads the committed
-    /// offset.
+    /// Declares the family's stream and the group's offset and dead-letter queues,
+    /// and reads the committed offset.
     async fn read_committed(&self) -> anyhow::Result<Option<u64>> {
         let channel = self.shared.channel().await?;
+        let options = self.shared.options();
+        if let Some(prefix) = &options.stream {
+            declare_stream(&channel, &options.exchange, prefix, &self.family).await?;
+        }
         channel
             .queue_declare(
                 self.dead_queue.as_str().into(),
@@ -131,16 +143,29 @@ impl RabbitStream {
                         ..BasicNackOptions::default()
                     })
                     .await?;
-                Some(text.trim().parse::<u64>().with_context(|| {
-                    format!(
-                        "invalid committed offset {text:?} in queue {}",
-                        self.offset_queue
-                    )
-                })?)
+                self.parse_commit(&text)?
             }
         };
         let _ = channel.close(200, "OK".into()).await;
         Ok(committed)
+    }
+
+    /// Returns the offset in a commit of this group's stream, or `None` for a
+    /// commit of another stream.
+    fn parse_commit(&self, text: &str) -> anyhow::Result<Option<u64>> {
+        let text = text.trim();
+        let (stream, offset) = text.split_once(' ').unwrap_or(("", text));
+        let offset = offset.parse::<u64>().with_context(|| {
+            format!(
+                "invalid committed offset {text:?} in queue {}",
+                self.offset_queue
+            )
+        })?;
+        if stream != self.stream {
+            tracing::warn!(group = %self.group, commit = %text, stream = %self.stream, start = ?self.start, "the committed offset is of another stream; reading from the start position");
+            return Ok(None);
+        }
+        Ok(Some(offset))
     }
 
     /// Returns where the consumer attaches: after the last read event, else after the
@@ -308,7 +333,7 @@ impl StreamReceiver for RabbitStream {
             .publish(vec![Outgoing {
                 exchange: String::new(),
                 routing_key: self.offset_queue.clone(),
-                payload: offset.to_string().into_bytes(),
+                payload: format!("{} {offset}", self.stream).into_bytes(),
                 properties: BasicProperties::default().with_delivery_mode(2),
                 label: format!("offset {offset} of group {}", self.group),
             }])
@@ -340,5 +365,70 @@ impl StreamReceiver for RabbitStream {
             }])
             .await
             .map_err(AckError)
+    }
+}
+
+/// Returns the one event family that `patterns` select.
+///
+/// # Errors
+///
+/// Fails when the patterns are empty, span families or leave the family open
+/// (`*`, `order*`), naming the fix.
+fn spec_family(patterns: &[String]) -> anyhow::Result<String> {
+    let mut families = Vec::new();
+    for pattern in patterns {
+        let word = family(pattern);
+        if word.is_empty() || word.contains(['*', '#']) {
+            bail!(
+                "event type pattern {pattern:?} selects more than one event family; on RabbitMQ each family has its own stream, so start the pattern with the family's word, as in `order.*`"
+            );
+        }
+        if !families.contains(&word) {
+            families.push(word);
+        }
+    }
+    match families.as_slice() {
+        [family] => Ok((*family).to_owned()),
+        [] => bail!("a stream reader needs at least one event type pattern"),
+        _ => bail!(
+            "event type patterns {patterns:?} span the families {}; on RabbitMQ each family has its own stream, so open one stream reader per family",
+            families.join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spec_family;
+
+    fn patterns(list: &[&str]) -> Vec<String> {
+        list.iter().map(|p| (*p).to_owned()).collect()
+    }
+
+    #[test]
+    fn one_family_is_read() {
+        assert_eq!(
+            spec_family(&patterns(&["order.*", "order.placed"])).unwrap(),
+            "order"
+        );
+        assert_eq!(spec_family(&patterns(&["menu"])).unwrap(), "menu");
+    }
+
+    #[test]
+    fn patterns_across_families_are_refused() {
+        let error = spec_family(&patterns(&["order.*", "menu.item.upserted"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("order, menu"), "{error}");
+        assert!(error.contains("one stream reader per family"), "{error}");
+    }
+
+    #[test]
+    fn open_family_is_refused() {
+        for open in ["*", "order*", "#"] {
+            let error = spec_family(&patterns(&[open])).unwrap_err().to_string();
+            assert!(error.contains(open), "{error}");
+        }
+        assert!(spec_family(&[]).is_err());
     }
 }

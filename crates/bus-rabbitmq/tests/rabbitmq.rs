@@ -1,16 +1,19 @@
 //! RabbitMQ-specific behaviour: how envelopes map onto AMQP, unroutable publishes,
-//! dead letters and reconnecting.
+//! dead letters, one stream per event family and reconnecting.
 
 mod support;
 
 use std::time::Duration;
 
-use lapin::options::BasicGetOptions;
-use lapin::types::AMQPValue;
+use futures::StreamExt as _;
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use support::TestVhost;
 use tiffin_bus::Envelope;
-use tiffin_bus::api::{Publisher, QueueReceiver, QueueSpec, Subscriber};
+use tiffin_bus::api::{
+    Publisher, QueueReceiver, QueueSpec, StartPosition, StreamReceiver, StreamSpec, Subscriber,
+};
 use tiffin_bus_rabbitmq::Options;
 use tiffin_runtime::time::{now_millis, rfc3339};
 
@@ -204,6 +207,179 @@ async fn bus_recovers_after_connection_closed() {
     let message = message.expect("fetch works again after reconnecting");
     assert_eq!(message.envelope.subject, "a");
     message.ack().await.expect("ack");
+}
+
+/// Reads the routing keys of everything in stream queue `stream` with a bare AMQP
+/// connection, from the first message until none comes for a second.
+async fn read_raw_stream(vhost: &TestVhost, stream: &str) -> Vec<String> {
+    let connection = Connection::connect(&vhost.url, ConnectionProperties::default())
+        .await
+        .expect("connects");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("basic.qos");
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .expect("consume the stream");
+    let mut keys = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+    {
+        keys.push(delivery.routing_key.to_string());
+    }
+    keys
+}
+
+/// Fetches from a stream until `count` messages arrived or 10 s passed.
+async fn fetch_stream(receiver: &mut Box<dyn StreamReceiver>, count: usize) -> Vec<String> {
+    let mut types = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while types.len() < count && tokio::time::Instant::now() < deadline {
+        let batch = receiver
+            .fetch(count, Duration::from_millis(500))
+            .await
+            .expect("fetch");
+        types.extend(batch.into_iter().map(|m| m.envelope.event_type));
+    }
+    types
+}
+
+#[tokio::test]
+async fn each_event_family_has_its_own_stream() {
+    let Some(vhost) = TestVhost::create().await else {
+        return;
+    };
+    let bus = vhost.connect().await;
+    let mut reader = bus
+        .stream(&StreamSpec {
+            group: "beta-reader".to_owned(),
+            event_types: vec!["beta.*".to_owned()],
+            start: StartPosition::Beginning,
+        })
+        .await
+        .expect("open a reader");
+
+    bus.publish(&[
+        event("alpha.one", "a"),
+        event("beta.one", "a"),
+        event("alpha.two", "a"),
+        event("alpha.three", "b"),
+        event("beta.two", "b"),
+    ])
+    .await
+    .expect("publish");
+    let alpha = read_raw_stream(&vhost, "tiffin.stream.alpha").await;
+    let beta = read_raw_stream(&vhost, "tiffin.stream.beta").await;
+    let read = fetch_stream(&mut reader, 2).await;
+
+    assert_eq!(alpha, ["alpha.one", "alpha.two", "alpha.three"]);
+    assert_eq!(beta, ["beta.one", "beta.two"]);
+    assert_eq!(read, ["beta.one", "beta.two"]);
+}
+
+#[tokio::test]
+async fn stream_reader_across_families_is_refused() {
+    let Some(vhost) = TestVhost::create().await else {
+        return;
+    };
+    let bus = vhost.connect().await;
+
+    let error = bus
+        .stream(&StreamSpec {
+            group: "mixed".to_owned(),
+            event_types: vec!["alpha.*".to_owned(), "beta.one".to_owned()],
+            start: StartPosition::Beginning,
+        })
+        .await
+        .expect_err("two families are refused");
+
+    let message = format!("{error:#}");
+    assert!(message.contains("mixed"), "{message}");
+    assert!(
+        message.contains("one stream reader per family"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn commit_of_another_stream_is_not_applied() {
+    let Some(vhost) = TestVhost::create().await else {
+        return;
+    };
+    let bus = vhost.connect().await;
+    bus.publish(&[event("alpha.one", "a"), event("alpha.two", "a")])
+        .await
+        .expect("publish");
+    // A bare offset, as committed when one stream kept every family.
+    drop(
+        bus.stream(&StreamSpec {
+            group: "upgraded".to_owned(),
+            event_types: vec!["alpha.*".to_owned()],
+            start: StartPosition::Beginning,
+        })
+        .await
+        .expect("declare the group's queues"),
+    );
+    let connection = Connection::connect(&vhost.url, ConnectionProperties::default())
+        .await
+        .expect("connects");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .basic_publish(
+            "".into(),
+            "upgraded.offset".into(),
+            BasicPublishOptions::default(),
+            b"1",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish a legacy commit")
+        .await
+        .expect("sent");
+
+    let mut reader = bus
+        .stream(&StreamSpec {
+            group: "upgraded".to_owned(),
+            event_types: vec!["alpha.*".to_owned()],
+            start: StartPosition::Beginning,
+        })
+        .await
+        .expect("reopen");
+    let read = fetch_stream(&mut reader, 2).await;
+    reader.commit(1).await.expect("commit");
+    drop(reader);
+    bus.publish(&[event("alpha.three", "a")])
+        .await
+        .expect("publish");
+    let mut reopened = bus
+        .stream(&StreamSpec {
+            group: "upgraded".to_owned(),
+            event_types: vec!["alpha.*".to_owned()],
+            start: StartPosition::Beginning,
+        })
+        .await
+        .expect("reopen after a commit");
+    let after_commit = fetch_stream(&mut reopened, 1).await;
+
+    assert_eq!(
+        read,
+        ["alpha.one", "alpha.two"],
+        "the legacy commit is ignored"
+    );
+    assert_eq!(after_commit, ["alpha.three"], "the new commit applies");
 }
 
 #[tokio::test]
