@@ -209,6 +209,14 @@ async fn bus_recovers_after_connection_closed() {
     message.ack().await.expect("ack");
 }
 
+fn stream_spec(group: &str, pattern: &str) -> StreamSpec {
+    StreamSpec {
+        group: group.to_owned(),
+        event_types: vec![pattern.to_owned()],
+        start: StartPosition::Beginning,
+    }
+}
+
 /// Reads the routing keys of everything in stream queue `stream` with a bare AMQP
 /// connection, from the first message until none comes for a second.
 async fn read_raw_stream(vhost: &TestVhost, stream: &str) -> Vec<String> {
@@ -264,11 +272,7 @@ async fn each_event_family_has_its_own_stream() {
     };
     let bus = vhost.connect().await;
     let mut reader = bus
-        .stream(&StreamSpec {
-            group: "beta-reader".to_owned(),
-            event_types: vec!["beta.*".to_owned()],
-            start: StartPosition::Beginning,
-        })
+        .stream(&stream_spec("beta-reader", "beta.*"))
         .await
         .expect("open a reader");
 
@@ -325,13 +329,9 @@ async fn commit_of_another_stream_is_not_applied() {
         .expect("publish");
     // A bare offset, as committed when one stream kept every family.
     drop(
-        bus.stream(&StreamSpec {
-            group: "upgraded".to_owned(),
-            event_types: vec!["alpha.*".to_owned()],
-            start: StartPosition::Beginning,
-        })
-        .await
-        .expect("declare the group's queues"),
+        bus.stream(&stream_spec("upgraded", "alpha.*"))
+            .await
+            .expect("declare the group's queues"),
     );
     let connection = Connection::connect(&vhost.url, ConnectionProperties::default())
         .await
@@ -351,11 +351,7 @@ async fn commit_of_another_stream_is_not_applied() {
         .expect("sent");
 
     let mut reader = bus
-        .stream(&StreamSpec {
-            group: "upgraded".to_owned(),
-            event_types: vec!["alpha.*".to_owned()],
-            start: StartPosition::Beginning,
-        })
+        .stream(&stream_spec("upgraded", "alpha.*"))
         .await
         .expect("reopen");
     let read = fetch_stream(&mut reader, 2).await;
@@ -365,11 +361,7 @@ async fn commit_of_another_stream_is_not_applied() {
         .await
         .expect("publish");
     let mut reopened = bus
-        .stream(&StreamSpec {
-            group: "upgraded".to_owned(),
-            event_types: vec!["alpha.*".to_owned()],
-            start: StartPosition::Beginning,
-        })
+        .stream(&stream_spec("upgraded", "alpha.*"))
         .await
         .expect("reopen after a commit");
     let after_commit = fetch_stream(&mut reopened, 1).await;
