@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{Any, Transaction};
+use tiffin_bus::envelope::EventData as _;
 use tiffin_bus::{Envelope, Handler, HandlerError, inbox};
 use tiffin_events::order::{OrderCancelled, OrderReady};
 use tiffin_events::restaurant::RestaurantUpserted;
@@ -15,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::dispatch;
 use crate::domain::{self, DeliveryStatus, TimeScale};
-use crate::storage::{self, NewDelivery, WaitingDelivery};
+use crate::storage::{self, NewDelivery};
 
 /// The consumer group of the work queue, which is also the inbox's consumer name.
 pub(crate) const CONSUMER: &str = "delivery";
@@ -73,8 +74,8 @@ impl Handler for RestaurantReplica {
 /// Creates a delivery for each ready order and cancels deliveries of cancelled
 /// orders.
 ///
-/// Each event is handled in one transaction that first records it in the inbox, so a
-/// redelivered event changes nothing. Neither event causes an event of its own:
+/// Each transaction first records its events in the inbox, so a redelivered event
+/// changes nothing. A batch of `order.ready` shares one transaction. Neither event causes an event of its own:
 /// `order.picked_up` and `order.delivered` come from the delivery timer.
 #[derive(Debug)]
 pub(crate) struct OrderEventsHandler {
@@ -90,10 +91,7 @@ pub(crate) struct OrderEventsHandler {
 impl Handler for OrderEventsHandler {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
-            "order.ready" => {
-                let ready: OrderReady = event.decode().map_err(HandlerError::permanent)?;
-                self.on_ready(event, &ready).await
-            }
+            "order.ready" => self.on_ready(std::slice::from_ref(event)).await,
             "order.cancelled" => {
                 let cancelled: OrderCancelled = event.decode().map_err(HandlerError::permanent)?;
                 self.on_cancelled(event, &cancelled).await
@@ -104,71 +102,94 @@ impl Handler for OrderEventsHandler {
             ))),
         }
     }
+
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
+    /// Handles a batch of `order.ready` in one transaction. A batch with any other
+    /// event is handled one event at a time, because a cancellation reads and
+    /// changes one delivery with checks of its own.
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        if events
+            .iter()
+            .all(|event| event.event_type == OrderReady::TYPE)
+        {
+            return self.on_ready(events).await;
+        }
+        for event in events {
+            self.handle(event).await?;
+        }
+        Ok(())
+    }
 }
 
 impl OrderEventsHandler {
-    /// Stores a waiting delivery and assigns a courier at once, unless older
-    /// deliveries are waiting: those get the next free couriers first, from the
-    /// timer. An order that already has a delivery (also a cancelled one) gets no
-    /// second one.
-    async fn on_ready(&self, event: &Envelope, ready: &OrderReady) -> Result<(), HandlerError> {
+    /// Stores a waiting delivery for each ready order, then assigns free couriers
+    /// to the longest-waiting deliveries, older ones first, in one transaction. An
+    /// order that already has a delivery (also a cancelled one) gets no second one.
+    async fn on_ready(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let mut readies = Vec::with_capacity(events.len());
+        for event in events {
+            readies.push(
+                event
+                    .decode::<OrderReady>()
+                    .map_err(HandlerError::permanent)?,
+            );
+        }
         let now = now_millis();
-        let share =
-            domain::courier_share(ready.replay_delivery_minutes, self.default_courier_share);
-        let courier_share_ms = i64::try_from(share.as_millis()).unwrap_or(i64::MAX);
-        let delivery_id = uuid::Uuid::now_v7().to_string();
-        let traceparent = event.trace_context().to_string();
 
         let mut tx = self.db.begin_write().await?;
-        if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
-            tx.rollback().await?;
-            tracing::trace!("event already handled");
-            return Ok(());
+        let mut created = 0;
+        for (event, ready) in events.iter().zip(&readies) {
+            if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
+                tracing::trace!(event_id = %event.id, "event already handled");
+                continue;
+            }
+            let share =
+                domain::courier_share(ready.replay_delivery_minutes, self.default_courier_share);
+            let delivery_id = uuid::Uuid::now_v7().to_string();
+            let traceparent = event.trace_context().to_string();
+            let new_delivery = NewDelivery {
+                delivery_id: &delivery_id,
+                order_id: &ready.order_id,
+                restaurant_id: &ready.restaurant_id,
+                courier_share_ms: i64::try_from(share.as_millis()).unwrap_or(i64::MAX),
+                traceparent: Some(&traceparent),
+                created_at: now,
+            };
+            if storage::insert_waiting(&mut tx, &new_delivery).await? {
+                created += 1;
+            } else {
+                tracing::debug!(order_id = %ready.order_id, "order already has a delivery; order.ready ignored");
+            }
         }
-        let others_waiting = storage::any_waiting(&mut tx).await?;
-        let new_delivery = NewDelivery {
-            delivery_id: &delivery_id,
-            order_id: &ready.order_id,
-            restaurant_id: &ready.restaurant_id,
-            courier_share_ms,
-            traceparent: Some(&traceparent),
-            created_at: now,
-        };
-        if !storage::insert_waiting(&mut tx, &new_delivery).await? {
+        if created == 0 {
             tx.commit().await?;
-            tracing::debug!(order_id = %ready.order_id, "order already has a delivery; order.ready ignored");
             return Ok(());
         }
-        if others_waiting {
-            tx.commit().await?;
-            tracing::trace!(order_id = %ready.order_id, "delivery waits behind older ones");
-            return Ok(());
-        }
-
-        let waiting = WaitingDelivery {
-            order_id: ready.order_id.clone(),
-            restaurant_id: ready.restaurant_id.clone(),
-            courier_share_ms,
-        };
-        let assignment = dispatch::assign(&mut tx, &waiting, now, self.time_scale)
+        let assignments = dispatch::assign_waiting(&mut tx, created, now, self.time_scale)
             .await
             .map_err(HandlerError::transient)?;
         tx.commit().await?;
 
-        match assignment {
-            Some(assignment) => {
-                self.timer.notify_one();
-                tracing::trace!(
-                    order_id = %ready.order_id,
-                    courier_id = %assignment.courier_id,
-                    distance_km = assignment.distance_km,
-                    pickup_in_ms = assignment.pickup_due - now,
-                    "courier assigned"
-                );
-            }
-            None => {
-                tracing::trace!(order_id = %ready.order_id, "no courier is free, so the delivery waits")
-            }
+        if !assignments.is_empty() {
+            self.timer.notify_one();
+        }
+        for assignment in &assignments {
+            tracing::trace!(
+                order_id = %assignment.order_id,
+                courier_id = %assignment.courier_id,
+                distance_km = assignment.distance_km,
+                pickup_in_ms = assignment.pickup_due - now,
+                "courier assigned"
+            );
+        }
+        if assignments.len() < created {
+            tracing::trace!(
+                waiting = created - assignments.len(),
+                "deliveries wait for free couriers"
+            );
         }
         Ok(())
     }

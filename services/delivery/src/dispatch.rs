@@ -1,20 +1,23 @@
 //! Assigning couriers to deliveries.
 //!
-//! Assignment runs inside the caller's write transaction, so the free couriers it
-//! reads cannot change before it commits on SQLite, where write transactions run one
-//! at a time. On PostgreSQL the conditional updates in `storage` keep a courier from
-//! being claimed twice.
+//! Assignment runs inside the caller's write transaction, which holds the
+//! database's write lock (`Database::begin_write`), so the free couriers it reads
+//! cannot change before it commits. Should another writer get in, the conditional
+//! updates in `storage` still reject a second claim of one courier, and the
+//! assignment moves on to the next candidate.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::{Any, Transaction};
 
-use crate::domain::{self, Position, TimeScale};
-use crate::storage::{self, WaitingDelivery};
+use crate::domain::{self, FreeCourier, Position, TimeScale};
+use crate::storage;
 
 /// A courier assigned to a delivery.
 #[derive(Debug, Clone)]
 pub(crate) struct Assignment {
+    pub(crate) order_id: String,
     pub(crate) courier_id: String,
     /// Distance from the courier to the restaurant, when the restaurant's position is
     /// known.
@@ -22,29 +25,42 @@ pub(crate) struct Assignment {
     pub(crate) pickup_due: i64,
 }
 
-/// Assigns the free courier nearest to the delivery's restaurant, or any free courier
-/// when the replica does not contain the restaurant, and plans its rides from `now`.
+/// Free couriers the database proposes for each delivery, ranked exactly here.
+const CANDIDATES: usize = 16;
+
+/// Assigns free couriers to the longest-waiting deliveries, up to `limit` of them,
+/// and plans their rides from `now`. Each delivery gets the free courier nearest to
+/// its restaurant, or any free courier when the replica does not contain the
+/// restaurant.
 ///
-/// Returns `None`, changing nothing, when no courier is free.
+/// Returns the assignments, none when no courier is free or nothing waits.
 ///
 /// # Errors
 ///
-/// Fails on a database error, or when the delivery is no longer waiting. The caller
-/// then rolls back, which also releases the claimed courier.
-pub(crate) async fn assign(
+/// Fails on a database error, or when a delivery stopped waiting after it was read.
+/// The caller then rolls back, which also releases the claimed couriers.
+pub(crate) async fn assign_waiting(
     tx: &mut Transaction<'_, Any>,
-    delivery: &WaitingDelivery,
+    limit: usize,
     now: i64,
     scale: TimeScale,
-) -> anyhow::Result<Option<Assignment>> {
-    let restaurant = storage::restaurant_position(tx, &delivery.restaurant_id).await?;
-    let candidates = domain::rank_couriers(restaurant, storage::free_couriers(tx).await?);
+) -> anyhow::Result<Vec<Assignment>> {
+    let waiting = storage::oldest_waiting(tx, limit).await?;
+    let mut positions: HashMap<String, Option<Position>> = HashMap::new();
+    let mut assignments = Vec::with_capacity(waiting.len());
 
-    for courier in candidates {
-        if !storage::claim_courier(tx, &courier.courier_id, &delivery.order_id).await? {
-            // Another transaction claimed it after the list was read, which PostgreSQL allows.
-            continue;
-        }
+    for delivery in waiting {
+        let restaurant = match positions.get(&delivery.restaurant_id) {
+            Some(known) => *known,
+            None => {
+                let found = storage::restaurant_position(tx, &delivery.restaurant_id).await?;
+                positions.insert(delivery.restaurant_id.clone(), found);
+                found
+            }
+        };
+        let Some(courier) = claim_nearest(tx, restaurant, &delivery.order_id).await? else {
+            break;
+        };
         let share = Duration::from_millis(u64::try_from(delivery.courier_share_ms).unwrap_or(0));
         let plan = domain::plan_ride(now, share, scale);
         if !storage::mark_assigned(tx, &delivery.order_id, &courier.courier_id, now, plan).await? {
@@ -54,11 +70,34 @@ pub(crate) async fn assign(
                 delivery.order_id
             );
         }
-        return Ok(Some(Assignment {
-            distance_km: restaurant.map(|at: Position| domain::distance_km(at, courier.position)),
+        assignments.push(Assignment {
+            distance_km: restaurant.map(|at| domain::distance_km(at, courier.position)),
+            order_id: delivery.order_id,
             courier_id: courier.courier_id,
             pickup_due: plan.pickup_due,
-        }));
+        });
     }
-    Ok(None)
+    Ok(assignments)
+}
+
+/// Claims the free courier nearest to `restaurant` for `order_id`, or returns
+/// `None` when no courier is free.
+async fn claim_nearest(
+    tx: &mut Transaction<'_, Any>,
+    restaurant: Option<Position>,
+    order_id: &str,
+) -> anyhow::Result<Option<FreeCourier>> {
+    loop {
+        let mut candidates = storage::nearest_free_couriers(tx, restaurant, CANDIDATES).await?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        while let Some(index) = domain::nearest_courier(restaurant, &candidates) {
+            let courier = candidates.swap_remove(index);
+            if storage::claim_courier(tx, &courier.courier_id, order_id).await? {
+                return Ok(Some(courier));
+            }
+            // Claimed by another writer after the list was read.
+        }
+    }
 }

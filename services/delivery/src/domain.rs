@@ -172,22 +172,27 @@ pub(crate) struct FreeCourier {
     pub(crate) position: Position,
 }
 
-/// Orders `couriers` by preference for a delivery from a restaurant at `restaurant`:
-/// nearest first, ties broken by courier id. For a restaurant of unknown position the
-/// order is by courier id alone, so any free courier will do.
-pub(crate) fn rank_couriers(
+/// Returns the index of the courier in `couriers` preferred for a delivery from a
+/// restaurant at `restaurant`: the nearest, ties broken by courier id. For a
+/// restaurant of unknown position it is the lowest courier id, since any free
+/// courier will do. `None` when `couriers` is empty.
+pub(crate) fn nearest_courier(
     restaurant: Option<Position>,
-    mut couriers: Vec<FreeCourier>,
-) -> Vec<FreeCourier> {
-    match restaurant {
-        Some(restaurant) => couriers.sort_by(|a, b| {
-            distance_km(restaurant, a.position)
-                .total_cmp(&distance_km(restaurant, b.position))
-                .then_with(|| a.courier_id.cmp(&b.courier_id))
+    couriers: &[FreeCourier],
+) -> Option<usize> {
+    let by_id = |a: &FreeCourier, b: &FreeCourier| a.courier_id.cmp(&b.courier_id);
+    let best = match restaurant {
+        Some(at) => couriers.iter().enumerate().min_by(|(_, a), (_, b)| {
+            distance_km(at, a.position)
+                .total_cmp(&distance_km(at, b.position))
+                .then_with(|| by_id(a, b))
         }),
-        None => couriers.sort_by(|a, b| a.courier_id.cmp(&b.courier_id)),
-    }
-    couriers
+        None => couriers
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| by_id(a, b)),
+    };
+    best.map(|(index, _)| index)
 }
 
 /// Returns the id of courier `k`, counting from 0.
@@ -223,13 +228,6 @@ mod tests {
             courier_id: id.to_owned(),
             position: Position { lat, lon },
         }
-    }
-
-    fn ids(couriers: &[FreeCourier]) -> Vec<&str> {
-        couriers
-            .iter()
-            .map(|courier| courier.courier_id.as_str())
-            .collect()
     }
 
     #[test]
@@ -325,43 +323,41 @@ mod tests {
     }
 
     #[test]
-    fn nearest_courier_ranks_first() {
+    fn nearest_courier_is_preferred() {
         let couriers = vec![
             courier("courier-far", 60.25, 25.10),
             courier("courier-near", 60.171, 24.94),
             courier("courier-middle", 60.20, 24.98),
         ];
 
-        let ranked = rank_couriers(Some(HELSINKI), couriers);
+        let nearest = nearest_courier(Some(HELSINKI), &couriers);
 
-        assert_eq!(
-            ids(&ranked),
-            ["courier-near", "courier-middle", "courier-far"]
-        );
+        assert_eq!(nearest, Some(1));
     }
 
     #[test]
-    fn equal_distance_ranks_by_id() {
+    fn equal_distance_prefers_lower_id() {
         let couriers = vec![
             courier("courier-b", 60.18, 24.95),
             courier("courier-a", 60.18, 24.95),
         ];
 
-        let ranked = rank_couriers(Some(HELSINKI), couriers);
+        let nearest = nearest_courier(Some(HELSINKI), &couriers);
 
-        assert_eq!(ids(&ranked), ["courier-a", "courier-b"]);
+        assert_eq!(nearest, Some(1));
     }
 
     #[test]
-    fn unknown_restaurant_ranks_by_id() {
+    fn unknown_restaurant_prefers_lower_id() {
         let couriers = vec![
             courier("courier-2", 60.171, 24.94),
             courier("courier-1", 60.25, 25.10),
         ];
 
-        let ranked = rank_couriers(None, couriers);
+        let nearest = nearest_courier(None, &couriers);
 
-        assert_eq!(ids(&ranked), ["courier-1", "courier-2"]);
+        assert_eq!(nearest, Some(1));
+        assert_eq!(nearest_courier(None, &[]), None);
     }
 
     #[test]

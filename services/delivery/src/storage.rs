@@ -94,13 +94,39 @@ pub(crate) async fn insert_courier(
     Ok(())
 }
 
-/// Lists the free couriers with their positions.
-pub(crate) async fn free_couriers(
+/// Lists up to `limit` free couriers, those nearest to `near` first, or those of
+/// the lowest ids when `near` is `None`.
+///
+/// The database orders by a flat-earth distance (longitude scaled by the cosine of
+/// the latitude), which ranks couriers within a city as the great-circle distance
+/// does but for near ties; the caller ranks the few it gets exactly. Sending every
+/// free courier instead cost more than the rest of an assignment.
+pub(crate) async fn nearest_free_couriers(
     tx: &mut Transaction<'_, Any>,
+    near: Option<Position>,
+    limit: usize,
 ) -> Result<Vec<FreeCourier>, sqlx::Error> {
-    let rows = sqlx::query("SELECT courier_id, lat, lon FROM couriers WHERE status = 'free'")
-        .fetch_all(&mut **tx)
-        .await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let query = match near {
+        Some(at) => {
+            let lon_scale = at.lat.to_radians().cos().powi(2);
+            sqlx::query(
+                "SELECT courier_id, lat, lon FROM couriers WHERE status = 'free' \
+                 ORDER BY (lat - $1) * (lat - $1) + (lon - $2) * (lon - $2) * $3, courier_id \
+                 LIMIT $4",
+            )
+            .bind(at.lat)
+            .bind(at.lon)
+            .bind(lon_scale)
+            .bind(limit)
+        }
+        None => sqlx::query(
+            "SELECT courier_id, lat, lon FROM couriers WHERE status = 'free' \
+             ORDER BY courier_id LIMIT $1",
+        )
+        .bind(limit),
+    };
+    let rows = query.fetch_all(&mut **tx).await?;
     rows.iter()
         .map(|row| {
             Ok(FreeCourier {
@@ -263,15 +289,6 @@ pub(crate) async fn delivery_state(
     }))
 }
 
-/// Returns true when any delivery waits for a courier.
-pub(crate) async fn any_waiting(tx: &mut Transaction<'_, Any>) -> Result<bool, sqlx::Error> {
-    let found: Option<String> =
-        sqlx::query_scalar("SELECT order_id FROM deliveries WHERE status = 'waiting' LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(found.is_some())
-}
-
 /// A delivery that waits for a courier.
 #[derive(Debug, Clone)]
 pub(crate) struct WaitingDelivery {
@@ -280,29 +297,32 @@ pub(crate) struct WaitingDelivery {
     pub(crate) courier_share_ms: i64,
 }
 
-/// Finds the delivery that has waited longest for a courier.
+/// Lists up to `limit` deliveries waiting for a courier, the longest waiting first.
 pub(crate) async fn oldest_waiting(
     tx: &mut Transaction<'_, Any>,
-) -> anyhow::Result<Option<WaitingDelivery>> {
-    let row = sqlx::query(
+    limit: usize,
+) -> anyhow::Result<Vec<WaitingDelivery>> {
+    let rows = sqlx::query(
         "SELECT order_id, restaurant_id, courier_share_ms FROM deliveries \
-         WHERE status = 'waiting' ORDER BY created_at, order_id LIMIT 1",
+         WHERE status = 'waiting' ORDER BY created_at, order_id LIMIT $1",
     )
-    .fetch_optional(&mut **tx)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut **tx)
     .await
-    .context("failed to read the oldest waiting delivery")?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let order_id: String = row.try_get("order_id")?;
-    let courier_share_ms: Option<i64> = row.try_get("courier_share_ms")?;
-    Ok(Some(WaitingDelivery {
-        courier_share_ms: courier_share_ms.with_context(|| {
-            format!("the waiting delivery of order {order_id} has no courier share")
-        })?,
-        restaurant_id: row.try_get("restaurant_id")?,
-        order_id,
-    }))
+    .context("failed to read the waiting deliveries")?;
+    rows.iter()
+        .map(|row| {
+            let order_id: String = row.try_get("order_id")?;
+            let courier_share_ms: Option<i64> = row.try_get("courier_share_ms")?;
+            Ok(WaitingDelivery {
+                courier_share_ms: courier_share_ms.with_context(|| {
+                    format!("the waiting delivery of order {order_id} has no courier share")
+                })?,
+                restaurant_id: row.try_get("restaurant_id")?,
+                order_id,
+            })
+        })
+        .collect()
 }
 
 /// Returns true when a delivery waits and a courier is free, so that an assignment

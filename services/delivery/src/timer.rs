@@ -59,7 +59,7 @@ impl DeliveryTimer {
     }
 
     /// Runs passes until `shutdown` is cancelled. A pass that is under way when the
-    /// token is cancelled stops after the delivery it is on.
+    /// token is cancelled stops after the transaction it is in.
     ///
     /// Between passes it sleeps until the next planned pickup or delivery, at most
     /// [`MAX_SLEEP`], or until woken. After a failed pass it retries after 100 ms,
@@ -103,22 +103,19 @@ impl DeliveryTimer {
     async fn pass(&self, shutdown: &CancellationToken) -> anyhow::Result<Duration> {
         let now = now_millis();
         let pickups = storage::due_pickups(self.db.pool(), now, BATCH as i64).await?;
-        for ride in &pickups {
-            if shutdown.is_cancelled() {
-                return Ok(Duration::ZERO);
-            }
-            self.pick_up(ride).await?;
+        if !pickups.is_empty() && !shutdown.is_cancelled() {
+            self.pick_up(&pickups).await?;
         }
 
         let handovers = storage::due_handovers(self.db.pool(), now, BATCH as i64).await?;
-        for ride in &handovers {
-            if shutdown.is_cancelled() {
-                return Ok(Duration::ZERO);
-            }
-            self.hand_over(ride).await?;
+        if !handovers.is_empty() && !shutdown.is_cancelled() {
+            self.hand_over(&handovers).await?;
+        }
+        if shutdown.is_cancelled() {
+            return Ok(Duration::ZERO);
         }
 
-        let assigned = self.assign_waiting(shutdown).await?;
+        let assigned = self.assign_waiting().await?;
         if pickups.len() == BATCH || handovers.len() == BATCH || assigned == BATCH {
             return Ok(Duration::ZERO);
         }
@@ -130,114 +127,104 @@ impl DeliveryTimer {
         Ok(Duration::from_millis(until_next).min(MAX_SLEEP))
     }
 
-    /// Marks one delivery picked up and writes `order.picked_up` to the outbox, in one
-    /// transaction. A delivery that is no longer assigned is skipped.
-    async fn pick_up(&self, ride: &DueRide) -> anyhow::Result<()> {
+    /// Marks deliveries picked up and writes an `order.picked_up` for each to the
+    /// outbox, in one transaction. A delivery that is no longer assigned is skipped.
+    async fn pick_up(&self, rides: &[DueRide]) -> anyhow::Result<()> {
         let mut tx = self.db.begin_write().await?;
         let now = now_millis();
-        if !storage::mark_picked_up(&mut tx, &ride.order_id, now).await? {
-            tx.rollback().await?;
-            return Ok(());
+        let mut events = Vec::with_capacity(rides.len());
+        for ride in rides {
+            if !storage::mark_picked_up(&mut tx, &ride.order_id, now).await? {
+                continue;
+            }
+            let picked_up = OrderPickedUp {
+                order_id: ride.order_id.clone(),
+                courier_id: ride.courier_id.clone(),
+                picked_up_at: now,
+            };
+            events.push(Envelope::new(SOURCE, &picked_up, Some(trace_of(ride))));
+            tracing::trace!(order_id = %ride.order_id, courier_id = %ride.courier_id, "order picked up");
         }
-        let picked_up = OrderPickedUp {
-            order_id: ride.order_id.clone(),
-            courier_id: ride.courier_id.clone(),
-            picked_up_at: now,
-        };
-        outbox::enqueue(
-            &mut tx,
-            &Envelope::new(SOURCE, &picked_up, Some(trace_of(ride))),
-        )
-        .await?;
+        outbox::enqueue_many(&mut tx, &events).await?;
         tx.commit().await?;
 
-        self.relay.notify_one();
-        tracing::trace!(order_id = %ride.order_id, courier_id = %ride.courier_id, "order picked up");
+        if !events.is_empty() {
+            self.relay.notify_one();
+        }
         Ok(())
     }
 
-    /// Marks one delivery delivered, frees its courier at the restaurant and writes
-    /// `order.delivered` to the outbox, in one transaction. A delivery that is no
-    /// longer picked up is skipped.
-    async fn hand_over(&self, ride: &DueRide) -> anyhow::Result<()> {
+    /// Marks deliveries delivered, frees their couriers at the restaurants and
+    /// writes an `order.delivered` for each to the outbox, in one transaction. A
+    /// delivery that is no longer picked up is skipped.
+    async fn hand_over(&self, rides: &[DueRide]) -> anyhow::Result<()> {
         let mut tx = self.db.begin_write().await?;
         let now = now_millis();
-        if !storage::mark_delivered(&mut tx, &ride.order_id, now).await? {
-            tx.rollback().await?;
-            return Ok(());
-        }
-        // The courier waits for its next delivery at the restaurant it picked this one
-        // up from. The customer's position would be the truth, but order.ready does
-        // not carry it, so the delivery service never learns it.
-        let released = storage::release_courier_at_restaurant(
-            &mut tx,
-            &ride.courier_id,
-            &ride.order_id,
-            &ride.restaurant_id,
-        )
-        .await?;
-        if !released {
-            tracing::error!(
+        let mut events = Vec::with_capacity(rides.len());
+        for ride in rides {
+            if !storage::mark_delivered(&mut tx, &ride.order_id, now).await? {
+                continue;
+            }
+            // The courier waits for its next delivery at the restaurant it picked
+            // this one up from. The customer's position would be the truth, but
+            // order.ready does not carry it, so the delivery service never learns it.
+            let released = storage::release_courier_at_restaurant(
+                &mut tx,
+                &ride.courier_id,
+                &ride.order_id,
+                &ride.restaurant_id,
+            )
+            .await?;
+            if !released {
+                tracing::error!(
+                    order_id = %ride.order_id,
+                    courier_id = %ride.courier_id,
+                    "courier of a delivered order was not busy with it; left as it is"
+                );
+            }
+            let delivered = OrderDelivered {
+                order_id: ride.order_id.clone(),
+                courier_id: ride.courier_id.clone(),
+                delivered_at: now,
+                delivery_ms: now - ride.assigned_at,
+            };
+            tracing::trace!(
                 order_id = %ride.order_id,
                 courier_id = %ride.courier_id,
-                "courier of a delivered order was not busy with it; left as it is"
+                delivery_ms = delivered.delivery_ms,
+                "order delivered"
             );
+            events.push(Envelope::new(SOURCE, &delivered, Some(trace_of(ride))));
         }
-        let delivered = OrderDelivered {
-            order_id: ride.order_id.clone(),
-            courier_id: ride.courier_id.clone(),
-            delivered_at: now,
-            delivery_ms: now - ride.assigned_at,
-        };
-        outbox::enqueue(
-            &mut tx,
-            &Envelope::new(SOURCE, &delivered, Some(trace_of(ride))),
-        )
-        .await?;
+        outbox::enqueue_many(&mut tx, &events).await?;
         tx.commit().await?;
 
-        self.relay.notify_one();
-        tracing::trace!(
-            order_id = %ride.order_id,
-            courier_id = %ride.courier_id,
-            delivery_ms = delivered.delivery_ms,
-            "order delivered"
-        );
+        if !events.is_empty() {
+            self.relay.notify_one();
+        }
         Ok(())
     }
 
     /// Assigns free couriers to waiting deliveries, oldest delivery first, up to one
-    /// batch, and returns how many it assigned. It stops when nothing waits or no
-    /// courier is free.
-    async fn assign_waiting(&self, shutdown: &CancellationToken) -> anyhow::Result<usize> {
+    /// batch in one transaction, and returns how many it assigned.
+    async fn assign_waiting(&self) -> anyhow::Result<usize> {
         if !storage::assignable(self.db.pool()).await? {
             return Ok(0);
         }
-        let mut assigned = 0;
-        while assigned < BATCH && !shutdown.is_cancelled() {
-            let mut tx = self.db.begin_write().await?;
-            let Some(waiting) = storage::oldest_waiting(&mut tx).await? else {
-                tx.rollback().await?;
-                break;
-            };
-            let now = now_millis();
-            let Some(assignment) =
-                dispatch::assign(&mut tx, &waiting, now, self.time_scale).await?
-            else {
-                tx.rollback().await?;
-                break;
-            };
-            tx.commit().await?;
-            assigned += 1;
+        let mut tx = self.db.begin_write().await?;
+        let now = now_millis();
+        let assignments = dispatch::assign_waiting(&mut tx, BATCH, now, self.time_scale).await?;
+        tx.commit().await?;
+        for assignment in &assignments {
             tracing::trace!(
-                order_id = %waiting.order_id,
+                order_id = %assignment.order_id,
                 courier_id = %assignment.courier_id,
                 distance_km = assignment.distance_km,
                 pickup_in_ms = assignment.pickup_due - now,
                 "courier assigned to a waiting delivery"
             );
         }
-        Ok(assigned)
+        Ok(assignments.len())
     }
 }
 

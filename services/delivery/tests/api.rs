@@ -513,6 +513,52 @@ async fn extra_orders_wait_for_couriers() {
 }
 
 #[tokio::test]
+async fn orders_ready_together_are_assigned_oldest_first_and_once() {
+    let fixture = Fixture::new().await;
+    let mut stream = fixture.delivery_events().await;
+    // 18 minutes at 360 times real time take 3 s, long enough to see an order wait.
+    let app = fixture.start(fixture.settings(360.0, 2)).await;
+    fixture.add_restaurant("node-1", CENTRE).await;
+    app.wait_for_couriers(2).await;
+    let first = order_ready("order-1", "node-1", Some(30));
+    let events = [
+        first.clone(),
+        order_ready("order-2", "node-1", Some(30)),
+        order_ready("order-2", "node-1", Some(30)),
+        order_ready("order-3", "node-1", Some(30)),
+        first,
+    ];
+
+    // One publish, so the consumer fetches the events together.
+    fixture
+        .bus
+        .publish(&events)
+        .await
+        .expect("publish succeeds");
+    fixture.wait_for_empty_queue().await;
+    let counts_while_busy = app.stats.delivery_counts().await.expect("counts");
+    let third = app.delivery("order-3").await.expect("delivery exists");
+    let delivered = read_until(&mut stream, "order.delivered", 3, EVENT_TIMEOUT * 2).await;
+
+    assert_eq!(counts_while_busy.deliveries, 3);
+    assert_eq!(counts_while_busy.by_status.get("waiting"), Some(&1));
+    assert_eq!(
+        third["status"], "waiting",
+        "the newest order waits: {third}"
+    );
+    let mut orders: Vec<&str> = delivered
+        .iter()
+        .filter(|e| e.event_type == "order.delivered")
+        .map(|e| e.subject.as_str())
+        .collect();
+    orders.sort_unstable();
+    assert_eq!(orders, ["order-1", "order-2", "order-3"]);
+    let dead_letters = fixture.bus.dead_letters().await.expect("dead letters");
+    assert!(dead_letters.is_empty(), "dead letters: {dead_letters:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn many_orders_each_delivered_once() {
     let fixture = Fixture::new().await;
     let mut stream = fixture.delivery_events().await;
