@@ -39,9 +39,12 @@ impl Handler for Projection {
     }
 
     async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
         let mut tx = self.db.begin_write().await?;
+        let mut new = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
         for event in events {
-            if inbox::record(&mut tx, CONSUMER, &event.id).await? {
+            // Taking the id out applies an event given twice in the batch once.
+            if new.remove(&event.id) {
                 apply(&mut tx, event).await?;
             }
         }

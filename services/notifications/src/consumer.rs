@@ -116,10 +116,13 @@ impl Handler for NotificationHandler {
             .map(|event| self.notification_of(event))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
         let mut tx = self.db.begin_write_for(&[]).await?;
+        let mut unseen = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
         let mut new = Vec::with_capacity(notifications.len());
         for notification in notifications {
-            if !inbox::record(&mut tx, CONSUMER, &notification.event_id).await? {
+            // Taking the id out handles an event given twice in the batch once.
+            if !unseen.remove(&notification.event_id) {
                 tracing::trace!(event_id = %notification.event_id, "event already handled");
                 continue;
             }

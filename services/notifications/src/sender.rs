@@ -134,10 +134,9 @@ pub(crate) async fn deliver_many(
 
     let now = now_millis();
     let marked = async {
+        let ids: Vec<&str> = sent.iter().map(|n| n.notification_id.as_str()).collect();
         let mut tx = db.begin_write_for(&[]).await?;
-        for notification in &sent {
-            storage::mark_sent(&mut *tx, &notification.notification_id, now).await?;
-        }
+        storage::mark_all_sent(&mut tx, &ids, now).await?;
         tx.commit().await
     }
     .await;

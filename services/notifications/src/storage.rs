@@ -192,6 +192,37 @@ pub(crate) async fn mark_sent<'c>(
     Ok(updated == 1)
 }
 
+/// Notifications marked per statement by [`mark_all_sent`], one parameter each.
+const IDS_PER_UPDATE: usize = 500;
+
+/// Marks the pending notifications among `notification_ids` sent at `now`, one
+/// statement per 500 ids, and returns how many were still pending.
+pub(crate) async fn mark_all_sent(
+    tx: &mut Transaction<'_, Any>,
+    notification_ids: &[&str],
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut updated = 0;
+    for chunk in notification_ids.chunks(IDS_PER_UPDATE) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE notifications SET status = 'sent', sent_at = $1, attempts = attempts + 1 \
+             WHERE status = 'pending' AND notification_id IN ({})",
+            placeholders.join(", ")
+        );
+        // Only placeholders are formatted in. The text varies with the chunk's
+        // length, so it is not kept as a prepared statement.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(now);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        updated += query.execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(updated)
+}
+
 /// Records a failed send of a pending notification: counts the attempt, keeps
 /// `error`, and either schedules the next attempt at `retry_at` or, once
 /// `max_attempts` sends have failed, marks it failed. Returns `None` when the

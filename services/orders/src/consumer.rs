@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::{Any, Transaction};
 use tiffin_bus::envelope::Envelope;
-use tiffin_bus::{Handler, HandlerError, inbox};
+use tiffin_bus::{Handler, HandlerError, inbox, outbox};
 use tiffin_events::menu::MenuItemUpserted;
 use tiffin_events::order::{
     OrderAccepted, OrderDelivered, OrderPickedUp, OrderReady, OrderRejected,
@@ -161,16 +161,14 @@ fn step_of(event: &Envelope) -> Result<Step, HandlerError> {
 }
 
 impl OrderLifecycle {
-    /// Applies one event inside `tx`, unless the inbox has seen it.
+    /// Applies one event inside `tx`, adding the events it causes to `outgoing`.
+    /// The caller has recorded it in the inbox.
     async fn apply(
         tx: &mut Transaction<'static, Any>,
         event: &Envelope,
         step: &Step,
+        outgoing: &mut Vec<Envelope>,
     ) -> Result<(), HandlerError> {
-        if !inbox::record(tx, LIFECYCLE_GROUP, &event.id).await? {
-            tracing::debug!(event_id = %event.id, "event already handled");
-            return Ok(());
-        }
         let change = Change {
             order_id: &step.order_id,
             event: step.event,
@@ -179,7 +177,7 @@ impl OrderLifecycle {
             event_id: Some(&event.id),
             trace: event.trace_context(),
         };
-        match saga::apply(tx, &change).await? {
+        match saga::apply_into(tx, &change, outgoing).await? {
             Outcome::Moved { from, to } => {
                 tracing::debug!(order_id = %step.order_id, %from, %to, "order status changed");
             }
@@ -215,14 +213,24 @@ impl Handler for OrderLifecycle {
     }
 
     /// Applies the events of many orders in one transaction, which locks each of
-    /// their orders.
+    /// their orders, records their ids with one statement and writes the events
+    /// they cause with another.
     async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
         let steps = events.iter().map(step_of).collect::<Result<Vec<_>, _>>()?;
         let keys: Vec<&str> = steps.iter().map(|step| step.order_id.as_str()).collect();
+        let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
         let mut tx = self.db.begin_write_for(&keys).await?;
+        let mut new = inbox::record_many(&mut tx, LIFECYCLE_GROUP, &ids).await?;
+        let mut outgoing = Vec::new();
         for (event, step) in events.iter().zip(&steps) {
-            Self::apply(&mut tx, event, step).await?;
+            // Taking the id out applies an event given twice in the batch once.
+            if !new.remove(&event.id) {
+                tracing::debug!(event_id = %event.id, "event already handled");
+                continue;
+            }
+            Self::apply(&mut tx, event, step, &mut outgoing).await?;
         }
+        outbox::enqueue_many(&mut tx, &outgoing).await?;
         tx.commit().await?;
         self.relay_waker.notify_one();
         self.compensation_waker.notify_one();

@@ -58,7 +58,7 @@ pub enum Outcome {
     UnknownOrder,
 }
 
-/// Applies `change` inside `tx`.
+/// Applies `change` inside `tx`, with the events it causes in the outbox.
 ///
 /// # Errors
 ///
@@ -66,6 +66,24 @@ pub enum Outcome {
 pub async fn apply(
     tx: &mut Transaction<'_, Any>,
     change: &Change<'_>,
+) -> Result<Outcome, sqlx::Error> {
+    let mut events = Vec::new();
+    let outcome = apply_into(tx, change, &mut events).await?;
+    outbox::enqueue_many(tx, &events).await?;
+    Ok(outcome)
+}
+
+/// Applies `change` inside `tx` and adds the events it causes to `events`, which
+/// the caller writes to the outbox before it commits: a batch of changes then
+/// writes its events with one statement.
+///
+/// # Errors
+///
+/// Returns the database error; the caller rolls back.
+pub async fn apply_into(
+    tx: &mut Transaction<'_, Any>,
+    change: &Change<'_>,
+    events: &mut Vec<Envelope>,
 ) -> Result<Outcome, sqlx::Error> {
     let Some(order) = storage::summary_for_update(tx, change.order_id).await? else {
         return Ok(Outcome::UnknownOrder);
@@ -75,7 +93,7 @@ pub async fn apply(
     match order.status.apply(change.event) {
         Transition::To(next) => {
             storage::set_status(tx, change.order_id, next, now_millis()).await?;
-            announce(tx, change, &order, next).await?;
+            announce(tx, change, &order, next, events).await?;
             if next == OrderStatus::Cancelled {
                 let cancelled = OrderCancelled {
                     order_id: change.order_id.to_owned(),
@@ -83,11 +101,11 @@ pub async fn apply(
                     reason: change.reason.unwrap_or("customer_request").to_owned(),
                     cancelled_at: change.at,
                 };
-                outbox::enqueue(
-                    tx,
-                    &Envelope::new(SOURCE, &cancelled, Some(change.trace.child())),
-                )
-                .await?;
+                events.push(Envelope::new(
+                    SOURCE,
+                    &cancelled,
+                    Some(change.trace.child()),
+                ));
             }
             if let Some(action) = payment_step(change, &order, next) {
                 storage::add_payment_action(tx, &action, now_millis()).await?;
@@ -101,7 +119,7 @@ pub async fn apply(
             // A step overtaken by a later one still happened (accepted after ready,
             // picked up after delivered): it joins the timeline, once.
             if !target.is_final() && target != order.status {
-                announce(tx, change, &order, target).await?;
+                announce(tx, change, &order, target, events).await?;
             }
             Ok(Outcome::Stale(order.status))
         }
@@ -109,13 +127,14 @@ pub async fn apply(
     }
 }
 
-/// Records a timeline entry and, when it is new, publishes it as
-/// `order.status_changed`.
+/// Records a timeline entry and, when it is new, adds its `order.status_changed`
+/// to `events`.
 async fn announce(
     tx: &mut Transaction<'_, Any>,
     change: &Change<'_>,
     order: &OrderSummary,
     status: OrderStatus,
+    events: &mut Vec<Envelope>,
 ) -> Result<(), sqlx::Error> {
     let recorded = storage::record_status(
         tx,
@@ -128,11 +147,7 @@ async fn announce(
     .await?;
     if recorded {
         let event = status_changed(change.order_id, order, status, change.reason, change.at);
-        outbox::enqueue(
-            tx,
-            &Envelope::new(SOURCE, &event, Some(change.trace.child())),
-        )
-        .await?;
+        events.push(Envelope::new(SOURCE, &event, Some(change.trace.child())));
     }
     Ok(())
 }
