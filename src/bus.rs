@@ -3,7 +3,7 @@
 //! | URL | backend |
 //! |---|---|
 //! | `embedded:` or `embedded:PATH` | the embedded log, `bus.db` in the data directory or at PATH |
-//! | `amqp://USER:PASSWORD@HOST:PORT/VHOST` | RabbitMQ; give each deployment its own virtual host |
+//! | `amqp://USER:PASSWORD@HOST:PORT/VHOST?queue-type=TYPE` | RabbitMQ; give each deployment its own virtual host; `queue-type` of the work queues is `quorum` (default) or `classic` |
 //! | `nats://HOST:PORT?stream=NAME&prefix=SUBJECT` | NATS JetStream; `stream` and `prefix` default to `TIFFIN_EVENTS` and `tiffin.events` |
 //! | `kafka://HOST:PORT[,HOST:PORT...]?topic=NAME&replication=N&batch=N` | Kafka; `topic` defaults to `tiffin.events`, `replication` and `batch` (records per produce batch) to 1 |
 //!
@@ -65,8 +65,8 @@ async fn connect_one(url: &str, data_dir: &Path) -> anyhow::Result<Connected> {
         });
     }
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
-        let bus =
-            tiffin_bus_rabbitmq::connect(url, tiffin_bus_rabbitmq::Options::default()).await?;
+        let (url, options) = rabbitmq_options(url)?;
+        let bus = tiffin_bus_rabbitmq::connect(&url, options).await?;
         return Ok(Connected {
             bus: Arc::new(bus),
             embedded: None,
@@ -126,4 +126,71 @@ async fn connect_one(url: &str, data_dir: &Path) -> anyhow::Result<Connected> {
         "unsupported bus URL `{}`: use embedded:, embedded:PATH, amqp://USER:PASSWORD@HOST:PORT/VHOST, nats://HOST:PORT or kafka://HOST:PORT",
         tiffin_runtime::db::redact(url)
     )
+}
+
+/// Takes Tiffin's parameters out of a RabbitMQ URL and returns the URL left for
+/// the AMQP client (which reads parameters of its own, such as `heartbeat`) with
+/// the options they set.
+fn rabbitmq_options(url: &str) -> anyhow::Result<(String, tiffin_bus_rabbitmq::Options)> {
+    let mut options = tiffin_bus_rabbitmq::Options::default();
+    let Some((address, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), options));
+    };
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("queue-type", value)) => {
+                options.work_queues = tiffin_bus_rabbitmq::WorkQueueType::parse(value)
+                    .with_context(|| {
+                        format!(
+                            "invalid queue-type `{value}` in bus URL {}: accepted are quorum and classic",
+                            tiffin_runtime::db::redact(address)
+                        )
+                    })?;
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        address.to_owned()
+    } else {
+        format!("{address}?{}", rest.join("&"))
+    };
+    Ok((url, options))
+}
+
+#[cfg(test)]
+mod tests {
+    use tiffin_bus_rabbitmq::WorkQueueType;
+
+    use super::rabbitmq_options;
+
+    #[test]
+    fn queue_type_is_taken_out_of_the_url() {
+        let (url, options) =
+            rabbitmq_options("amqp://u:p@127.0.0.1:5672/shop?heartbeat=10&queue-type=classic")
+                .expect("valid");
+
+        assert_eq!(url, "amqp://u:p@127.0.0.1:5672/shop?heartbeat=10");
+        assert_eq!(options.work_queues, WorkQueueType::Classic);
+    }
+
+    #[test]
+    fn quorum_is_the_default() {
+        let (url, options) = rabbitmq_options("amqp://u:p@127.0.0.1:5672/shop").expect("valid");
+
+        assert_eq!(url, "amqp://u:p@127.0.0.1:5672/shop");
+        assert_eq!(options.work_queues, WorkQueueType::Quorum);
+    }
+
+    #[test]
+    fn unknown_queue_type_is_named() {
+        let error = rabbitmq_options("amqp://u:secret@127.0.0.1:5672/shop?queue-type=lazy")
+            .expect_err("lazy is no queue type");
+
+        let message = error.to_string();
+        assert!(message.contains("`lazy`"), "{message}");
+        assert!(message.contains("quorum and classic"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
 }

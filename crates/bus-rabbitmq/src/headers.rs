@@ -131,10 +131,14 @@ pub(crate) fn integer(properties: &BasicProperties, name: &str) -> Option<i64> {
 }
 
 /// Returns which delivery of an event this is, counting from 1: the deliveries
-/// made before a delayed retry, plus the quorum queue's count of returns of this
-/// copy, plus this one.
-pub(crate) fn attempt(properties: &BasicProperties) -> u32 {
+/// made before a delayed retry, plus the returns of this copy, plus this one.
+///
+/// A quorum queue counts the returns. A classic queue only flags a `redelivered`
+/// copy, which then counts as one return however many there were.
+pub(crate) fn attempt(properties: &BasicProperties, redelivered: bool) -> u32 {
     let before_retry = integer(properties, ATTEMPTS).unwrap_or(0).max(0);
-    let returned = integer(properties, DELIVERY_COUNT).unwrap_or(0).max(0);
+    let returned = integer(properties, DELIVERY_COUNT)
+        .unwrap_or(0)
+        .max(i64::from(redelivered));
     u32::try_from(before_retry + returned + 1).unwrap_or(u32::MAX)
 }

@@ -9,8 +9,9 @@
 //! - Events go to one durable topic exchange ([`Options::exchange`]) with the event
 //!   type as routing key. Every publish is persistent, `mandatory` and waits for
 //!   publisher confirms, so an event no queue takes is an error, not a silent drop.
-//! - A work-queue group `G` owns three queues. `G` is a durable quorum queue bound
-//!   to each event type pattern of the group (`order.*` becomes `order.#`). `G.retry`
+//! - A work-queue group `G` owns three queues. `G` is a durable queue, quorum by
+//!   default ([`Options::work_queues`]), bound to each event type pattern of the
+//!   group (`order.*` becomes `order.#`). `G.retry`
 //!   keeps nacked messages until their delay expires and then dead-letters them back
 //!   to `G`. `G.dead` keeps dead letters, with the reason in the
 //!   `tiffin-dead-letter-reason` header. `G` also has `x-delivery-limit`
@@ -94,10 +95,12 @@ pub struct Options {
     /// Default 32.
     pub prefetch: u16,
     /// Deliveries after which a work queue's broker dead-letters a message that was
-    /// never settled (`x-delivery-limit`). Keep it above the consumers'
-    /// `RetryPolicy::max_attempts`, because the runner dead-letters with a reason
-    /// first. Default 20.
+    /// never settled (`x-delivery-limit`, quorum queues only). Keep it above the
+    /// consumers' `RetryPolicy::max_attempts`, because the runner dead-letters with
+    /// a reason first. Default 20.
     pub delivery_limit: u32,
+    /// The type of the work queues and their dead-letter queues. Default quorum.
+    pub work_queues: WorkQueueType,
     /// The connection name shown by `rabbitmqctl list_connections`. Default
     /// `tiffin`.
     pub connection_name: String,
@@ -110,7 +113,43 @@ impl Default for Options {
             stream: Some("tiffin.stream".to_owned()),
             prefetch: 32,
             delivery_limit: 20,
+            work_queues: WorkQueueType::Quorum,
             connection_name: "tiffin".to_owned(),
+        }
+    }
+}
+
+/// The RabbitMQ queue type of the work queues.
+///
+/// Both types keep persistent messages on disk, and the broker confirms a publish
+/// only after it stored the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkQueueType {
+    /// Replicated queues (`x-queue-type=quorum`) with a delivery limit, which
+    /// dead-letters a message that keeps killing its consumer. RabbitMQ's choice
+    /// for data that must survive the loss of a node.
+    Quorum,
+    /// Single-node queues (`x-queue-type=classic`): less broker work per message,
+    /// but no replication and no delivery limit. A message that crashes its
+    /// consumer before the runner settles it is redelivered without end.
+    Classic,
+}
+
+impl WorkQueueType {
+    /// Returns the value of `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+
+    /// Parses `quorum` or `classic`, or returns `None`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "quorum" => Some(Self::Quorum),
+            "classic" => Some(Self::Classic),
+            _ => None,
         }
     }
 }

@@ -17,7 +17,7 @@ use tiffin_bus::Envelope;
 use tiffin_bus::api::{AckError, QueueMessage, QueueReceiver, QueueSpec, ReceiveError, Settle};
 
 use crate::headers::{self, ATTEMPTS, DEAD_LETTER_REASON, LAST_ERROR};
-use crate::{Outgoing, Shared, durable, long, queue_type};
+use crate::{Outgoing, Shared, WorkQueueType, durable, long, queue_type};
 
 /// The queues of one work-queue group.
 #[derive(Debug, Clone)]
@@ -74,7 +74,11 @@ async fn declare(
     binding_keys: &[String],
 ) -> anyhow::Result<()> {
     channel
-        .queue_declare(queues.dead.as_str().into(), durable(), queue_type("quorum"))
+        .queue_declare(
+            queues.dead.as_str().into(),
+            durable(),
+            queue_type(shared.options().work_queues.as_str()),
+        )
         .await
         .with_context(|| format!("failed to declare queue {}", queues.dead))?;
 
@@ -90,11 +94,14 @@ async fn declare(
         .await
         .with_context(|| format!("failed to declare queue {}", queues.retry))?;
 
-    let mut main = queue_type("quorum");
-    main.insert(
-        "x-delivery-limit".into(),
-        long(i64::from(shared.options().delivery_limit)),
-    );
+    let kind = shared.options().work_queues;
+    let mut main = queue_type(kind.as_str());
+    if kind == WorkQueueType::Quorum {
+        main.insert(
+            "x-delivery-limit".into(),
+            long(i64::from(shared.options().delivery_limit)),
+        );
+    }
     main.insert("x-dead-letter-exchange".into(), headers::string(""));
     main.insert(
         "x-dead-letter-routing-key".into(),
@@ -177,7 +184,7 @@ impl RabbitQueue {
     /// Turns a delivery into a message, or dead-letters it when its body is not an
     /// envelope (only a foreign publisher can cause that).
     async fn message(&self, delivery: Delivery) -> anyhow::Result<Option<QueueMessage>> {
-        let attempt = headers::attempt(&delivery.properties);
+        let attempt = headers::attempt(&delivery.properties, delivery.redelivered);
         let settle = RabbitSettle {
             shared: self.shared.clone(),
             queues: self.queues.clone(),

@@ -47,6 +47,7 @@ impl TestVhost {
     }
 
     /// Connects a new bus to this virtual host.
+    #[allow(dead_code, reason = "the classic-queue tests always pass options")]
     pub(crate) async fn connect(&self) -> RabbitBus {
         self.connect_with(Options::default()).await
     }
