@@ -120,7 +120,7 @@ pub struct Settings {
     /// replica.
     pub consumer: RetryPolicy,
     /// Maximum number of order events handled at once. Must be at least 1.
-    /// Default 16.
+    /// Default 64, so that a backlog is applied in batches of up to 64.
     pub concurrency: usize,
 }
 
@@ -136,7 +136,7 @@ impl Settings {
             couriers: 300,
             default_courier_share: Duration::from_secs(18 * 60),
             consumer: RetryPolicy::default(),
-            concurrency: 16,
+            concurrency: 64,
         }
     }
 }

@@ -71,7 +71,8 @@ pub struct Settings {
     pub payment_deadline: Duration,
     /// Retries and timeouts of the lifecycle and replica consumers.
     pub consumer: RetryPolicy,
-    /// Lifecycle events handled at once. Default 16.
+    /// Lifecycle events handled at once. Default 64: a batch takes one slot per
+    /// event, so this also bounds the batch that shares one transaction.
     pub concurrency: usize,
     /// A fault for tests: exit the process right after payments confirms a void or
     /// capture, before recording it. Default false.
@@ -97,7 +98,7 @@ impl Settings {
             payments_url,
             payment_deadline: Duration::from_millis(500),
             consumer: RetryPolicy::default(),
-            concurrency: 16,
+            concurrency: 64,
             fault_exit_after_payment_step: false,
             release_unclaimed_after: Duration::from_secs(60),
         }
