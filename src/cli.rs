@@ -470,7 +470,9 @@ pub struct BenchArgs {
     pub distributed: bool,
 
     /// Keep the services' data on this PostgreSQL server instead of in SQLite
-    /// files, one database per service as for `tiffin up --database`.
+    /// files, one database per service as for `tiffin up --database`. Each round
+    /// creates databases of its own, named after the URL's database with the round
+    /// and a random suffix, and drops them afterwards.
     #[arg(
         long,
         value_name = "URL",

@@ -243,7 +243,7 @@ enum Target {
 }
 
 impl Target {
-    async fn start(args: &BenchArgs, dir: &Path) -> anyhow::Result<Self> {
+    async fn start(args: &BenchArgs, database: Option<&str>, dir: &Path) -> anyhow::Result<Self> {
         if args.distributed {
             let mut argv: Vec<String> = ["tiffin", "demo", "--distributed"]
                 .map(str::to_owned)
@@ -258,8 +258,8 @@ impl Target {
                 "--db-acquire-timeout".to_owned(),
                 args.pool.db_acquire_timeout.to_string(),
             ]);
-            if let Some(database) = &args.database {
-                argv.extend(["--database".to_owned(), database.clone()]);
+            if let Some(database) = database {
+                argv.extend(["--database".to_owned(), database.to_owned()]);
             }
             let cli = crate::cli::Cli::try_parse_from(&argv)
                 .context("the benchmark's process settings do not parse")?;
@@ -276,7 +276,7 @@ impl Target {
         let (queue_bus, stream_bus) = args.bus.urls();
         let system = System::start(SystemSettings {
             data_dir: dir.to_path_buf(),
-            database: args.database.clone(),
+            database: database.map(str::to_owned),
             gateway_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             port_base: 0,
             time_scale: BENCH_TIME_SCALE,
@@ -374,10 +374,45 @@ const BENCH_SIMULATION: [&str; 12] = [
 
 async fn tiffin_round(args: &BenchArgs, round: u32) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
-    let target = Target::start(args, dir.path()).await?;
-    let outcome = measure(args, &target, dir.path(), round).await;
-    target.stop().await;
+    // Each round gets databases of its own, dropped after it: tables and indexes
+    // left by earlier rounds would make every round slower than the one before.
+    let database = args.database.as_deref().map(|url| {
+        let stamp = uuid::Uuid::now_v7().simple().to_string();
+        round_database(url, &format!("r{round}_{}", &stamp[stamp.len() - 8..]))
+    });
+    let started = Target::start(args, database.as_deref(), dir.path()).await;
+    let outcome = match started {
+        Ok(target) => {
+            let outcome = measure(args, &target, dir.path(), round).await;
+            target.stop().await;
+            outcome
+        }
+        Err(error) => Err(error),
+    };
+    if let Some(url) = &database {
+        drop_round_databases(url).await;
+    }
     outcome
+}
+
+/// Returns `url` with its database name (the prefix of the service databases)
+/// followed by `suffix`.
+fn round_database(url: &str, suffix: &str) -> String {
+    let Databases::Postgres { prefix, .. } = Databases::postgres(url) else {
+        unreachable!("Databases::postgres builds a PostgreSQL layout")
+    };
+    tiffin_runtime::db::with_database(url, &format!("{prefix}_{suffix}"))
+}
+
+/// Drops the service databases of a round, warning about those that remain.
+async fn drop_round_databases(url: &str) {
+    let databases = Databases::postgres(url);
+    for service in crate::system::SERVICES {
+        let service_url = databases.url(service);
+        if let Err(error) = tiffin_runtime::db::drop_postgres_database(&service_url).await {
+            eprintln!("warning: {error}; drop it by hand");
+        }
+    }
 }
 
 async fn measure(

@@ -58,6 +58,16 @@ pub enum OpenError {
         /// The cause.
         source: sqlx::Error,
     },
+    /// Dropping a PostgreSQL database failed.
+    #[error("failed to drop database `{name}` on {url}: {source}")]
+    DropDatabase {
+        /// The database's name.
+        name: String,
+        /// The URL without its password.
+        url: String,
+        /// The cause.
+        source: sqlx::Error,
+    },
     /// A migration failed.
     #[error("failed to migrate {url}: {source}")]
     Migrate {
@@ -362,6 +372,50 @@ pub async fn create_postgres_database(url: &str) -> Result<bool, OpenError> {
     // The connection is discarded either way; a failed goodbye changes nothing.
     let _ = admin.close().await;
     Ok(!exists)
+}
+
+/// Drops the database that `url` names, if it exists, ending the sessions still
+/// connected to it (PostgreSQL 13 or newer).
+///
+/// # Errors
+///
+/// Returns an error when the URL is not a PostgreSQL URL with a valid database name,
+/// the server cannot be reached or the statement fails, for example because the
+/// role does not own the database.
+pub async fn drop_postgres_database(url: &str) -> Result<(), OpenError> {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+    let options = PgConnectOptions::from_str(url).map_err(|source| OpenError::Connect {
+        url: redact(url),
+        source,
+    })?;
+    let name = options
+        .get_database()
+        .filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .ok_or_else(|| OpenError::UnsupportedUrl(redact(url)))?
+        .to_owned();
+    let mut admin = PgConnection::connect_with(&options.database("postgres"))
+        .await
+        .map_err(|source| OpenError::Connect {
+            url: redact(url),
+            source,
+        })?;
+    let dropped = admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .await;
+    let _ = admin.close().await;
+    dropped
+        .map(|_| ())
+        .map_err(|source| OpenError::DropDatabase {
+            name,
+            url: redact(url),
+            source,
+        })
 }
 
 /// Returns true when `error` is a unique-constraint violation.
