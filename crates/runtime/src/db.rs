@@ -333,25 +333,8 @@ fn lock_ids(keys: &[&str]) -> Vec<i32> {
 /// the same database may see the loser fail with a unique violation.
 pub async fn create_postgres_database(url: &str) -> Result<bool, OpenError> {
     use sqlx::Connection;
-    use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-    let options = PgConnectOptions::from_str(url).map_err(|source| OpenError::Connect {
-        url: redact(url),
-        source,
-    })?;
-    let name = options
-        .get_database()
-        .filter(|name| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-        .ok_or_else(|| OpenError::UnsupportedUrl(redact(url)))?
-        .to_owned();
-    let mut admin = PgConnection::connect_with(&options.database("postgres"))
-        .await
-        .map_err(|source| OpenError::Connect {
-            url: redact(url),
-            source,
-        })?;
+    let (name, mut admin) = admin_connection(url).await?;
     let create_error = |source| OpenError::CreateDatabase {
         name: name.clone(),
         url: redact(url),
@@ -384,25 +367,8 @@ pub async fn create_postgres_database(url: &str) -> Result<bool, OpenError> {
 /// role does not own the database.
 pub async fn drop_postgres_database(url: &str) -> Result<(), OpenError> {
     use sqlx::Connection;
-    use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-    let options = PgConnectOptions::from_str(url).map_err(|source| OpenError::Connect {
-        url: redact(url),
-        source,
-    })?;
-    let name = options
-        .get_database()
-        .filter(|name| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-        .ok_or_else(|| OpenError::UnsupportedUrl(redact(url)))?
-        .to_owned();
-    let mut admin = PgConnection::connect_with(&options.database("postgres"))
-        .await
-        .map_err(|source| OpenError::Connect {
-            url: redact(url),
-            source,
-        })?;
+    let (name, mut admin) = admin_connection(url).await?;
     let dropped = admin
         .execute(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
@@ -416,6 +382,33 @@ pub async fn drop_postgres_database(url: &str) -> Result<(), OpenError> {
             url: redact(url),
             source,
         })
+}
+
+/// Returns the database name in PostgreSQL `url` and a connection to the same
+/// server's `postgres` database, from which that database can be created or
+/// dropped.
+async fn admin_connection(url: &str) -> Result<(String, sqlx::PgConnection), OpenError> {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+    let options = PgConnectOptions::from_str(url).map_err(|source| OpenError::Connect {
+        url: redact(url),
+        source,
+    })?;
+    let name = options
+        .get_database()
+        .filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .ok_or_else(|| OpenError::UnsupportedUrl(redact(url)))?
+        .to_owned();
+    let admin = PgConnection::connect_with(&options.database("postgres"))
+        .await
+        .map_err(|source| OpenError::Connect {
+            url: redact(url),
+            source,
+        })?;
+    Ok((name, admin))
 }
 
 /// Returns true when `error` is a unique-constraint violation.
