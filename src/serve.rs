@@ -343,11 +343,19 @@ impl Cluster {
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = tiffin_runtime::http::client(Duration::from_secs(3))?;
         let deadline = tokio::time::Instant::now() + timeout;
+        let logs = self.logs_dir();
         loop {
             for (name, child) in &mut self.children {
                 if let Some(status) = child.try_wait()? {
+                    let log = logs.join(format!("{name}.log"));
+                    let detail = std::fs::read_to_string(&log)
+                        .ok()
+                        .and_then(|text| exit_error(&text).or_else(|| last_problem(&text)))
+                        .map(|problem| format!(": {problem}"))
+                        .unwrap_or_default();
                     anyhow::bail!(
-                        "service {name} exited with {status} during start-up; see its log"
+                        "service {name} exited with {status} during start-up (log {}){detail}",
+                        log.display()
                     );
                 }
             }
@@ -518,6 +526,14 @@ fn last_problem(log: &str) -> Option<String> {
 }
 
 /// Removes terminal colour codes (`ESC [ ... m`) from a log line.
+/// Returns the error a `tiffin` process printed as it exited (`error: ...`), which
+/// names the cause with its context, unlike the log lines before it.
+fn exit_error(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .find_map(|line| strip_ansi(line).strip_prefix("error: ").map(str::to_owned))
+}
+
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();

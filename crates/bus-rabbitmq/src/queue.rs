@@ -65,6 +65,15 @@ pub(crate) fn binding_keys(patterns: &[String]) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// Describes a failed declaration of a work queue, whose usual cause is a queue
+/// declared before with another type or other arguments.
+fn declare_failed(queue: &str, kind: WorkQueueType) -> String {
+    format!(
+        "failed to declare queue {queue} as a {} queue; a queue keeps the type and arguments it was first declared with, so use the queue-type it has or delete it (rabbitmqctl delete_queue {queue})",
+        kind.as_str()
+    )
+}
+
 /// Declares the dead-letter, retry and main queues of a group and binds the main
 /// queue to `patterns`.
 async fn declare(
@@ -73,14 +82,15 @@ async fn declare(
     queues: &GroupQueues,
     binding_keys: &[String],
 ) -> anyhow::Result<()> {
+    let kind = shared.options().work_queues;
     channel
         .queue_declare(
             queues.dead.as_str().into(),
             durable(),
-            queue_type(shared.options().work_queues.as_str()),
+            queue_type(kind.as_str()),
         )
         .await
-        .with_context(|| format!("failed to declare queue {}", queues.dead))?;
+        .with_context(|| declare_failed(&queues.dead, kind))?;
 
     // Expired messages go back to the main queue through the default exchange.
     let mut retry = queue_type("classic");
@@ -94,7 +104,6 @@ async fn declare(
         .await
         .with_context(|| format!("failed to declare queue {}", queues.retry))?;
 
-    let kind = shared.options().work_queues;
     let mut main = queue_type(kind.as_str());
     if kind == WorkQueueType::Quorum {
         main.insert(
@@ -110,7 +119,7 @@ async fn declare(
     channel
         .queue_declare(queues.main.as_str().into(), durable(), main)
         .await
-        .with_context(|| format!("failed to declare queue {}", queues.main))?;
+        .with_context(|| declare_failed(&queues.main, kind))?;
     for key in binding_keys {
         channel
             .queue_bind(
