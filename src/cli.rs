@@ -76,7 +76,8 @@ pub struct DataDirArg {
 #[derive(Debug, Clone, Args)]
 pub struct BusArgs {
     /// The bus for work queues and the event stream: `embedded:` (a log in the data
-    /// directory), `amqp://USER:PASSWORD@HOST:PORT/VHOST` (RabbitMQ),
+    /// directory), `amqp://USER:PASSWORD@HOST:PORT/VHOST` (RabbitMQ; add
+    /// `?queue-type=classic` for classic instead of quorum work queues),
     /// `nats://HOST:PORT` (NATS JetStream) or `kafka://HOST:PORT` (Kafka).
     #[arg(long, default_value = "embedded:", env = "TIFFIN_BUS")]
     pub bus: String,
