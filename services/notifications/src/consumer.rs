@@ -119,18 +119,25 @@ impl Handler for NotificationHandler {
         let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
         let mut tx = self.db.begin_write_for(&[]).await?;
         let mut unseen = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
-        let mut new = Vec::with_capacity(notifications.len());
+        let mut fresh = Vec::with_capacity(notifications.len());
         for notification in notifications {
             // Taking the id out handles an event given twice in the batch once.
             if !unseen.remove(&notification.event_id) {
                 tracing::trace!(event_id = %notification.event_id, "event already handled");
                 continue;
             }
-            // The lease keeps the sender loop off the notification while this send runs.
-            let lease_until = notification
-                .created_at
-                .saturating_add(sender::millis(self.policy.lease()));
-            if storage::insert_notification(&mut tx, &notification, lease_until).await? {
+            fresh.push(notification);
+        }
+        // The lease keeps the sender loop off a notification while this send runs.
+        let lease = sender::millis(self.policy.lease());
+        let rows: Vec<_> = fresh
+            .iter()
+            .map(|notification| (notification, notification.created_at.saturating_add(lease)))
+            .collect();
+        let stored = storage::insert_notifications(&mut tx, &rows).await?;
+        let mut new = Vec::with_capacity(stored.len());
+        for notification in fresh {
+            if stored.contains(&notification.notification_id) {
                 new.push(notification);
             } else {
                 tracing::debug!(

@@ -1,6 +1,6 @@
 //! Every SQL statement of the notifications service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -41,42 +41,60 @@ pub(crate) struct FailureRecorded {
     pub(crate) attempts: i64,
 }
 
-/// Inserts `notification` unless its event or its order and status already have one,
-/// and returns whether it did. The sender loop leaves it alone until
-/// `next_attempt_at`.
-pub(crate) async fn insert_notification(
+/// Notifications inserted per statement by [`insert_notifications`]: 15
+/// parameters each, far below the parameter limits of SQLite (32,766) and
+/// PostgreSQL (65,535).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Stores new notifications, each with the time of its first send attempt, and
+/// returns the ids of those stored. A notification whose event, or whose order and
+/// status, already has one is left out, also when the repeat is in `rows`.
+pub(crate) async fn insert_notifications(
     tx: &mut Transaction<'_, Any>,
-    notification: &Notification,
-    next_attempt_at: i64,
-) -> Result<bool, sqlx::Error> {
-    // No conflict target, so that both unique keys, `event_id` and
-    // `(order_id, order_status)`, turn a repeat into a no-op.
-    let inserted = sqlx::query(
-        "INSERT INTO notifications (notification_id, event_id, order_id, customer_id, event_type, \
-         order_status, channel, subject, body, status, attempts, last_error, next_attempt_at, \
-         created_at, sent_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&notification.notification_id)
-    .bind(&notification.event_id)
-    .bind(&notification.order_id)
-    .bind(&notification.customer_id)
-    .bind(&notification.event_type)
-    .bind(notification.order_status.as_str())
-    .bind(&notification.channel)
-    .bind(&notification.subject)
-    .bind(&notification.body)
-    .bind(notification.status.as_str())
-    .bind(notification.attempts)
-    .bind(notification.last_error.as_deref())
-    .bind(next_attempt_at)
-    .bind(notification.created_at)
-    .bind(notification.sent_at)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    rows: &[(&Notification, i64)],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut inserted = HashSet::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|row| {
+                let placeholders: Vec<String> = (1..=15)
+                    .map(|column| format!("${}", row * 15 + column))
+                    .collect();
+                format!("({})", placeholders.join(", "))
+            })
+            .collect();
+        // No conflict target, so that both unique keys, `event_id` and
+        // `(order_id, order_status)`, turn a repeat into a no-op. Only placeholders
+        // are formatted in. The text varies with the chunk's length, so it is not
+        // kept as a prepared statement.
+        let sql = format!(
+            "INSERT INTO notifications (notification_id, event_id, order_id, customer_id, event_type, \
+             order_status, channel, subject, body, status, attempts, last_error, next_attempt_at, \
+             created_at, sent_at) VALUES {} ON CONFLICT DO NOTHING RETURNING notification_id",
+            values.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for (notification, next_attempt_at) in chunk {
+            query = query
+                .bind(&notification.notification_id)
+                .bind(&notification.event_id)
+                .bind(&notification.order_id)
+                .bind(&notification.customer_id)
+                .bind(&notification.event_type)
+                .bind(notification.order_status.as_str())
+                .bind(&notification.channel)
+                .bind(&notification.subject)
+                .bind(&notification.body)
+                .bind(notification.status.as_str())
+                .bind(notification.attempts)
+                .bind(notification.last_error.as_deref())
+                .bind(*next_attempt_at)
+                .bind(notification.created_at)
+                .bind(notification.sent_at);
+        }
+        inserted.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(inserted)
 }
 
 /// Lists the notifications of `order_id`, oldest first.

@@ -443,6 +443,35 @@ async fn same_status_twice_one_notification() {
 }
 
 #[tokio::test]
+async fn batch_with_repeats_notifies_once() {
+    let fixture = Fixture::new().await;
+    let service = fixture.start(fixture.settings("log:")).await;
+    let first = status_changed("order-1", "delivered", None);
+    let batch = [
+        first.clone(),
+        status_changed("order-1", "delivered", None),
+        first.clone(),
+        status_changed("order-2", "ready", None),
+    ];
+
+    service
+        .handler
+        .handle_batch(&batch)
+        .await
+        .expect("the batch succeeds");
+
+    let order_1 = service.list("order-1").await;
+    let order_2 = service.list("order-2").await;
+    assert_eq!(order_1.len(), 1);
+    assert_eq!(order_1[0]["event_id"], first.id.as_str());
+    assert_eq!(order_2.len(), 1);
+    let counts = service.stats.notification_counts().await.expect("counts");
+    assert_eq!(counts.notifications, 2);
+    assert_eq!(counts.orders_with_duplicate_status, 0);
+    service.stop().await;
+}
+
+#[tokio::test]
 async fn counts_group_by_status_change() {
     let fixture = Fixture::new().await;
     let service = fixture.start(fixture.settings("log:")).await;
