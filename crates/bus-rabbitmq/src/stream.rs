@@ -415,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn patterns_across_families_are_refused() {
+    fn patterns_across_families_are_rejected() {
         let error = spec_family(&patterns(&["order.*", "menu.item.upserted"]))
             .unwrap_err()
             .to_string();
@@ -424,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn open_family_is_refused() {
+    fn open_family_is_rejected() {
         for open in ["*", "order*", "#"] {
             let error = spec_family(&patterns(&[open])).unwrap_err().to_string();
             assert!(error.contains(open), "{error}");

@@ -295,7 +295,7 @@ async fn each_event_family_has_its_own_stream() {
 }
 
 #[tokio::test]
-async fn stream_reader_across_families_is_refused() {
+async fn stream_reader_across_families_is_rejected() {
     let Some(vhost) = TestVhost::create().await else {
         return;
     };
@@ -308,7 +308,7 @@ async fn stream_reader_across_families_is_refused() {
             start: StartPosition::Beginning,
         })
         .await
-        .expect_err("two families are refused");
+        .expect_err("two families are rejected");
 
     let message = format!("{error:#}");
     assert!(message.contains("mixed"), "{message}");

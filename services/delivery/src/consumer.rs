@@ -177,13 +177,7 @@ impl OrderEventsHandler {
             self.timer.notify_one();
         }
         for assignment in &assignments {
-            tracing::trace!(
-                order_id = %assignment.order_id,
-                courier_id = %assignment.courier_id,
-                distance_km = assignment.distance_km,
-                pickup_in_ms = assignment.pickup_due - now,
-                "courier assigned"
-            );
+            assignment.trace(now);
         }
         if assignments.len() < created {
             tracing::trace!(

@@ -25,6 +25,19 @@ pub(crate) struct Assignment {
     pub(crate) pickup_due: i64,
 }
 
+impl Assignment {
+    /// Traces the assignment, with the time to pickup counted from `now`.
+    pub(crate) fn trace(&self, now: i64) {
+        tracing::trace!(
+            order_id = %self.order_id,
+            courier_id = %self.courier_id,
+            distance_km = self.distance_km,
+            pickup_in_ms = self.pickup_due - now,
+            "courier assigned"
+        );
+    }
+}
+
 /// Free couriers the database proposes for each delivery, ranked exactly here.
 const CANDIDATES: usize = 16;
 

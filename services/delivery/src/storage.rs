@@ -98,8 +98,8 @@ pub(crate) async fn insert_courier(
 /// the lowest ids when `near` is `None`.
 ///
 /// The database orders by a flat-earth distance (longitude scaled by the cosine of
-/// the latitude), which ranks couriers within a city as the great-circle distance
-/// does but for near ties; the caller ranks the few it gets exactly. Sending every
+/// the latitude). Within a city that ranks couriers as the great-circle distance
+/// does except for near ties, so the caller ranks the few it gets exactly. Sending every
 /// free courier instead cost more than the rest of an assignment.
 pub(crate) async fn nearest_free_couriers(
     tx: &mut Transaction<'_, Any>,

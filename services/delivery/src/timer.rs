@@ -216,13 +216,7 @@ impl DeliveryTimer {
         let assignments = dispatch::assign_waiting(&mut tx, BATCH, now, self.time_scale).await?;
         tx.commit().await?;
         for assignment in &assignments {
-            tracing::trace!(
-                order_id = %assignment.order_id,
-                courier_id = %assignment.courier_id,
-                distance_km = assignment.distance_km,
-                pickup_in_ms = assignment.pickup_due - now,
-                "courier assigned to a waiting delivery"
-            );
+            assignment.trace(now);
         }
         Ok(assignments.len())
     }

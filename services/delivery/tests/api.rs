@@ -513,7 +513,7 @@ async fn extra_orders_wait_for_couriers() {
 }
 
 #[tokio::test]
-async fn orders_ready_together_are_assigned_oldest_first_and_once() {
+async fn ready_batch_assigns_oldest_once() {
     let fixture = Fixture::new().await;
     let mut stream = fixture.delivery_events().await;
     // 18 minutes at 360 times real time take 3 s, long enough to see an order wait.
