@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::{Any, Transaction};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::{Handler, HandlerError, inbox, outbox};
 use tiffin_events::menu::MenuItemUpserted;
@@ -160,46 +159,30 @@ fn step_of(event: &Envelope) -> Result<Step, HandlerError> {
     })
 }
 
-impl OrderLifecycle {
-    /// Applies one event inside `tx`, adding the events it causes to `outgoing`.
-    /// The caller has recorded it in the inbox.
-    async fn apply(
-        tx: &mut Transaction<'static, Any>,
-        event: &Envelope,
-        step: &Step,
-        outgoing: &mut Vec<Envelope>,
-    ) -> Result<(), HandlerError> {
-        let change = Change {
-            order_id: &step.order_id,
-            event: step.event,
-            at: step.at,
-            reason: step.reason.as_deref(),
-            event_id: Some(&event.id),
-            trace: event.trace_context(),
-        };
-        match saga::apply_into(tx, &change, outgoing).await? {
-            Outcome::Moved { from, to } => {
-                tracing::debug!(order_id = %step.order_id, %from, %to, "order status changed");
-            }
-            Outcome::Stale(status) => {
-                tracing::debug!(order_id = %step.order_id, %status, "event already reflected in the order status");
-            }
-            Outcome::Illegal(status) => {
-                // Expected in a saga: the kitchen may accept an order the customer has
-                // just cancelled. The order keeps its status; this is not a fault.
-                tracing::info!(order_id = %step.order_id, %status, event = ?step.event, "event contradicts the order status, ignored");
-            }
-            Outcome::UnknownOrder => {
-                // Events are published only after their order commits, so an unknown
-                // order means another deployment's data on the same broker.
-                return Err(HandlerError::permanent(anyhow::anyhow!(
-                    "order {} does not exist",
-                    step.order_id
-                )));
-            }
+/// Logs what applying a step did, or fails the batch for an unknown order.
+fn report(step: &Step, outcome: &Outcome) -> Result<(), HandlerError> {
+    match outcome {
+        Outcome::Moved { from, to } => {
+            tracing::debug!(order_id = %step.order_id, %from, %to, "order status changed");
         }
-        Ok(())
+        Outcome::Stale(status) => {
+            tracing::debug!(order_id = %step.order_id, %status, "event already reflected in the order status");
+        }
+        Outcome::Illegal(status) => {
+            // Expected in a saga: the kitchen may accept an order the customer has
+            // just cancelled. The order keeps its status; this is not a fault.
+            tracing::info!(order_id = %step.order_id, %status, event = ?step.event, "event contradicts the order status, ignored");
+        }
+        Outcome::UnknownOrder => {
+            // Events are published only after their order commits, so an unknown
+            // order means another deployment's data on the same broker.
+            return Err(HandlerError::permanent(anyhow::anyhow!(
+                "order {} does not exist",
+                step.order_id
+            )));
+        }
     }
+    Ok(())
 }
 
 #[async_trait]
@@ -213,22 +196,36 @@ impl Handler for OrderLifecycle {
     }
 
     /// Applies the events of many orders in one transaction, which locks each of
-    /// their orders, records their ids with one statement and writes the events
-    /// they cause with another.
+    /// their orders; the ids, the orders' reads and each kind of write take one
+    /// statement for the whole batch.
     async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
         let steps = events.iter().map(step_of).collect::<Result<Vec<_>, _>>()?;
         let keys: Vec<&str> = steps.iter().map(|step| step.order_id.as_str()).collect();
         let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
         let mut tx = self.db.begin_write_for(&keys).await?;
         let mut new = inbox::record_many(&mut tx, LIFECYCLE_GROUP, &ids).await?;
-        let mut outgoing = Vec::new();
+        let mut applied = Vec::with_capacity(steps.len());
+        let mut changes = Vec::with_capacity(steps.len());
         for (event, step) in events.iter().zip(&steps) {
             // Taking the id out applies an event given twice in the batch once.
             if !new.remove(&event.id) {
                 tracing::debug!(event_id = %event.id, "event already handled");
                 continue;
             }
-            Self::apply(&mut tx, event, step, &mut outgoing).await?;
+            applied.push(step);
+            changes.push(Change {
+                order_id: &step.order_id,
+                event: step.event,
+                at: step.at,
+                reason: step.reason.as_deref(),
+                event_id: Some(&event.id),
+                trace: event.trace_context(),
+            });
+        }
+        let mut outgoing = Vec::new();
+        let outcomes = saga::apply_all(&mut tx, &changes, &mut outgoing).await?;
+        for (step, outcome) in applied.into_iter().zip(&outcomes) {
+            report(step, outcome)?;
         }
         outbox::enqueue_many(&mut tx, &outgoing).await?;
         tx.commit().await?;

@@ -12,6 +12,8 @@
 //!   ([`crate::compensation`]) carries out until payments confirms it, so a crash
 //!   never loses it.
 
+use std::collections::HashMap;
+
 use sqlx::{Any, Transaction};
 use tiffin_bus::envelope::Envelope;
 use tiffin_bus::outbox;
@@ -21,7 +23,7 @@ use tiffin_runtime::trace::TraceContext;
 
 use crate::SOURCE;
 use crate::domain::{OrderEvent, OrderStatus, Transition};
-use crate::storage::{self, OrderSummary, PaymentAction};
+use crate::storage::{self, OrderSummary, PaymentAction, StatusEntry};
 
 /// A change reported for an order.
 #[derive(Debug, Clone)]
@@ -68,88 +70,145 @@ pub async fn apply(
     change: &Change<'_>,
 ) -> Result<Outcome, sqlx::Error> {
     let mut events = Vec::new();
-    let outcome = apply_into(tx, change, &mut events).await?;
+    let mut outcomes = apply_all(tx, std::slice::from_ref(change), &mut events).await?;
     outbox::enqueue_many(tx, &events).await?;
-    Ok(outcome)
+    Ok(outcomes.pop().unwrap_or(Outcome::UnknownOrder))
 }
 
-/// Applies `change` inside `tx` and adds the events it causes to `events`, which
-/// the caller writes to the outbox before it commits: a batch of changes then
-/// writes its events with one statement.
+/// Applies `changes` in their order inside `tx`, as if one after the other, and
+/// adds the events they cause to `events`, which the caller writes to the outbox
+/// before it commits. Returns one outcome per change.
+///
+/// A batch costs the same few statements however many changes it holds: one read
+/// of its orders, and one write each for the new statuses, the timeline entries
+/// and the payment steps. The caller holds the orders' write locks.
 ///
 /// # Errors
 ///
 /// Returns the database error; the caller rolls back.
-pub async fn apply_into(
+pub async fn apply_all(
     tx: &mut Transaction<'_, Any>,
-    change: &Change<'_>,
+    changes: &[Change<'_>],
     events: &mut Vec<Envelope>,
-) -> Result<Outcome, sqlx::Error> {
-    let Some(order) = storage::summary_for_update(tx, change.order_id).await? else {
-        return Ok(Outcome::UnknownOrder);
-    };
-    let target = target_status(change.event);
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let ids: Vec<&str> = changes.iter().map(|change| change.order_id).collect();
+    let mut orders = storage::summaries(tx, &ids).await?;
+    let now = now_millis();
+    let mut plan = Plan::default();
+    let mut outcomes = Vec::with_capacity(changes.len());
 
-    match order.status.apply(change.event) {
-        Transition::To(next) => {
-            storage::set_status(tx, change.order_id, next, now_millis()).await?;
-            announce(tx, change, &order, next, events).await?;
-            if next == OrderStatus::Cancelled {
-                let cancelled = OrderCancelled {
-                    order_id: change.order_id.to_owned(),
-                    restaurant_id: order.restaurant_id.clone(),
-                    reason: change.reason.unwrap_or("customer_request").to_owned(),
-                    cancelled_at: change.at,
-                };
-                events.push(Envelope::new(
-                    SOURCE,
-                    &cancelled,
-                    Some(change.trace.child()),
-                ));
+    for change in changes {
+        let Some(order) = orders.get_mut(change.order_id) else {
+            outcomes.push(Outcome::UnknownOrder);
+            continue;
+        };
+        let target = target_status(change.event);
+        let outcome = match order.status.apply(change.event) {
+            Transition::To(next) => {
+                plan.announce(change, order, next);
+                if next == OrderStatus::Cancelled {
+                    let cancelled = OrderCancelled {
+                        order_id: change.order_id.to_owned(),
+                        restaurant_id: order.restaurant_id.clone(),
+                        reason: change.reason.unwrap_or("customer_request").to_owned(),
+                        cancelled_at: change.at,
+                    };
+                    plan.emit(Envelope::new(
+                        SOURCE,
+                        &cancelled,
+                        Some(change.trace.child()),
+                    ));
+                }
+                if let Some(action) = payment_step(change, order, next) {
+                    plan.payments.push(action);
+                }
+                let from = order.status;
+                order.status = next;
+                plan.statuses.insert(change.order_id, next);
+                Outcome::Moved { from, to: next }
             }
-            if let Some(action) = payment_step(change, &order, next) {
-                storage::add_payment_action(tx, &action, now_millis()).await?;
+            Transition::Stale => {
+                // A step overtaken by a later one still happened (accepted after
+                // ready, picked up after delivered): it joins the timeline, once.
+                if !target.is_final() && target != order.status {
+                    plan.announce(change, order, target);
+                }
+                Outcome::Stale(order.status)
             }
-            Ok(Outcome::Moved {
-                from: order.status,
-                to: next,
-            })
-        }
-        Transition::Stale => {
-            // A step overtaken by a later one still happened (accepted after ready,
-            // picked up after delivered): it joins the timeline, once.
-            if !target.is_final() && target != order.status {
-                announce(tx, change, &order, target, events).await?;
-            }
-            Ok(Outcome::Stale(order.status))
-        }
-        Transition::Illegal => Ok(Outcome::Illegal(order.status)),
+            Transition::Illegal => Outcome::Illegal(order.status),
+        };
+        outcomes.push(outcome);
     }
+
+    let statuses: Vec<(&str, OrderStatus)> = plan.statuses.into_iter().collect();
+    storage::set_statuses(tx, &statuses, now).await?;
+    let recorded = storage::record_statuses(tx, &plan.entries).await?;
+    storage::add_payment_actions(tx, &plan.payments, now).await?;
+
+    // Events keep the order of the changes that caused them. An entry the timeline
+    // already had is not announced again.
+    for step in plan.outgoing {
+        match step {
+            Outgoing::Announce(index, event) => {
+                let entry = &plan.entries[index];
+                if recorded.contains(&(entry.order_id.to_owned(), entry.status)) {
+                    events.push(*event);
+                }
+            }
+            Outgoing::Event(event) => events.push(*event),
+        }
+    }
+    Ok(outcomes)
 }
 
-/// Records a timeline entry and, when it is new, adds its `order.status_changed`
-/// to `events`.
-async fn announce(
-    tx: &mut Transaction<'_, Any>,
-    change: &Change<'_>,
-    order: &OrderSummary,
-    status: OrderStatus,
-    events: &mut Vec<Envelope>,
-) -> Result<(), sqlx::Error> {
-    let recorded = storage::record_status(
-        tx,
-        change.order_id,
-        status,
-        change.at,
-        change.event_id,
-        change.reason,
-    )
-    .await?;
-    if recorded {
+/// The writes and events a batch of changes adds up to, gathered before any of
+/// them is made.
+#[derive(Default)]
+struct Plan<'a> {
+    /// Each order's last new status.
+    statuses: HashMap<&'a str, OrderStatus>,
+    /// Timeline entries, one per order and status.
+    entries: Vec<StatusEntry<'a>>,
+    payments: Vec<PaymentAction>,
+    outgoing: Vec<Outgoing>,
+}
+
+/// An event the batch causes: one that depends on whether its timeline entry is
+/// new, or one it always causes.
+enum Outgoing {
+    Announce(usize, Box<Envelope>),
+    Event(Box<Envelope>),
+}
+
+impl<'a> Plan<'a> {
+    /// Adds a timeline entry and the `order.status_changed` that announces it, unless
+    /// the batch has one for this order and status already.
+    fn announce(&mut self, change: &Change<'a>, order: &OrderSummary, status: OrderStatus) {
+        let known = self
+            .entries
+            .iter()
+            .any(|entry| entry.order_id == change.order_id && entry.status == status);
+        if known {
+            return;
+        }
+        self.entries.push(StatusEntry {
+            order_id: change.order_id,
+            status,
+            at: change.at,
+            event_id: change.event_id,
+            reason: change.reason,
+        });
         let event = status_changed(change.order_id, order, status, change.reason, change.at);
-        events.push(Envelope::new(SOURCE, &event, Some(change.trace.child())));
+        let envelope = Envelope::new(SOURCE, &event, Some(change.trace.child()));
+        self.outgoing.push(Outgoing::Announce(
+            self.entries.len() - 1,
+            Box::new(envelope),
+        ));
     }
-    Ok(())
+
+    fn emit(&mut self, event: Envelope) {
+        self.outgoing.push(Outgoing::Event(Box::new(event)));
+    }
 }
 
 /// Builds the customer-facing event of a status change.

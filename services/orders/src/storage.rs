@@ -1,6 +1,6 @@
 //! The order service's SQL. Every query is portable between SQLite and PostgreSQL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -293,31 +293,95 @@ pub struct OrderSummary {
     pub payment_id: String,
 }
 
-/// Reads an order's summary inside a transaction.
-pub async fn summary_for_update(
+/// Reads the summaries of `order_ids` inside a transaction, keyed by order id;
+/// unknown ids are missing from the map.
+pub async fn summaries(
     tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-) -> Result<Option<OrderSummary>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT status, customer_id, restaurant_id, total_cents, currency, payment_id FROM orders WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(|row| {
-        let status: String = row.try_get("status")?;
-        Ok(OrderSummary {
-            status: status
+    order_ids: &[&str],
+) -> Result<HashMap<String, OrderSummary>, sqlx::Error> {
+    let mut unique: Vec<&str> = order_ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let mut found = HashMap::with_capacity(unique.len());
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT order_id, status, customer_id, restaurant_id, total_cents, currency, payment_id \
+             FROM orders WHERE order_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        // Only placeholders are formatted in. The text varies with the batch's
+        // size, so it is not kept as a prepared statement.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let status: String = row.try_get("status")?;
+            let summary = OrderSummary {
+                status: status
+                    .parse()
+                    .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                customer_id: row.try_get("customer_id")?,
+                restaurant_id: row.try_get("restaurant_id")?,
+                total_cents: row.try_get("total_cents")?,
+                currency: row.try_get("currency")?,
+                payment_id: row.try_get("payment_id")?,
+            };
+            found.insert(row.try_get("order_id")?, summary);
+        }
+    }
+    Ok(found)
+}
+
+/// A timeline entry to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEntry<'a> {
+    /// The order.
+    pub order_id: &'a str,
+    /// The status it reached.
+    pub status: OrderStatus,
+    /// When, in Unix milliseconds.
+    pub at: i64,
+    /// The event that reported it, if any.
+    pub event_id: Option<&'a str>,
+    /// Why, for rejections and cancellations.
+    pub reason: Option<&'a str>,
+}
+
+/// Appends timeline entries and returns the (order, status) pairs that were new;
+/// an order that already has an entry for a status keeps its first time.
+pub async fn record_statuses(
+    tx: &mut Transaction<'_, Any>,
+    entries: &[StatusEntry<'_>],
+) -> Result<HashSet<(String, OrderStatus)>, sqlx::Error> {
+    let mut recorded = HashSet::with_capacity(entries.len());
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| row_placeholders(i * 5 + 1, 5))
+            .collect();
+        let sql = format!(
+            "INSERT INTO order_status_history (order_id, status, changed_at, event_id, reason) \
+             VALUES {} ON CONFLICT DO NOTHING RETURNING order_id, status",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for entry in chunk {
+            query = query
+                .bind(entry.order_id)
+                .bind(entry.status.as_str())
+                .bind(entry.at)
+                .bind(entry.event_id)
+                .bind(entry.reason);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let status: String = row.try_get("status")?;
+            let status = status
                 .parse()
-                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-            customer_id: row.try_get("customer_id")?,
-            restaurant_id: row.try_get("restaurant_id")?,
-            total_cents: row.try_get("total_cents")?,
-            currency: row.try_get("currency")?,
-            payment_id: row.try_get("payment_id")?,
-        })
-    })
-    .transpose()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+            recorded.insert((row.try_get("order_id")?, status));
+        }
+    }
+    Ok(recorded)
 }
 
 /// A payment step the saga owes: void or capture an order's authorization.
@@ -337,24 +401,44 @@ pub struct PaymentAction {
     pub attempts: i64,
 }
 
-/// Records a payment step to do, once per order and action.
-pub async fn add_payment_action(
+/// Records payment steps to carry out; a step an order already has is kept as it is.
+pub async fn add_payment_actions(
     tx: &mut Transaction<'_, Any>,
-    action: &PaymentAction,
+    actions: &[PaymentAction],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO payment_actions (order_id, action, payment_id, amount_cents, reason, status, attempts, next_attempt_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(&action.order_id)
-    .bind(&action.action)
-    .bind(&action.payment_id)
-    .bind(action.amount_cents)
-    .bind(&action.reason)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in actions.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let first = i * 5 + 2;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, 'pending', 0, $1, $1)",
+                    first,
+                    first + 1,
+                    first + 2,
+                    first + 3,
+                    first + 4
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO payment_actions (order_id, action, payment_id, amount_cents, reason, status, attempts, next_attempt_at, created_at) \
+             VALUES {} ON CONFLICT DO NOTHING",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(now);
+        for action in chunk {
+            query = query
+                .bind(&action.order_id)
+                .bind(&action.action)
+                .bind(&action.payment_id)
+                .bind(action.amount_cents)
+                .bind(&action.reason);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -436,20 +520,52 @@ pub async fn retry_payment_action(
     Ok(())
 }
 
-/// Sets an order's status.
-pub async fn set_status(
+/// Sets the status of each order in `statuses`, which names an order once.
+pub async fn set_statuses(
     tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-    status: OrderStatus,
+    statuses: &[(&str, OrderStatus)],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = $2, updated_at = $3 WHERE order_id = $1")
-        .bind(order_id)
-        .bind(status.as_str())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in statuses.chunks(ROWS_PER_STATEMENT) {
+        // A CASE over the ids rather than UPDATE ... FROM (VALUES ...), whose column
+        // naming differs between SQLite and PostgreSQL.
+        let cases: Vec<String> = (0..chunk.len())
+            .map(|i| format!("WHEN ${} THEN ${}", i * 2 + 2, i * 2 + 3))
+            .collect();
+        let ids: Vec<String> = (0..chunk.len())
+            .map(|i| format!("${}", i * 2 + 2))
+            .collect();
+        let sql = format!(
+            "UPDATE orders SET status = CASE order_id {} END, updated_at = $1 WHERE order_id IN ({})",
+            cases.join(" "),
+            ids.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(now);
+        for (order_id, status) in chunk {
+            query = query.bind(*order_id).bind(status.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
+}
+
+/// How many rows one multi-row statement writes or reads at most, well inside
+/// both engines' limits on bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `$first, $first+1, ...`: `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One parenthesised row of `count` placeholders starting at `$first`.
+fn row_placeholders(first: usize, count: usize) -> String {
+    format!("({})", placeholders(first, count))
 }
 
 /// Loads an order with its lines and timeline.
