@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::{Any, Transaction};
 use tiffin_bus::{Envelope, Handler, HandlerError, inbox, outbox};
 use tiffin_events::order::{OrderAccepted, OrderCancelled, OrderPlaced, OrderRejected};
 use tiffin_hours::LocalTime;
@@ -28,9 +29,9 @@ pub(crate) const SOURCE: &str = "/tiffin/kitchen";
 
 /// Decides placed orders and applies cancellations, one ticket per order.
 ///
-/// Each event is handled in one transaction that records it in the inbox, changes the
-/// ticket and stock, and writes any event it causes to the outbox. A redelivered
-/// event stops at the inbox. Whichever of `order.placed` and `order.cancelled` comes
+/// A batch of events is handled in one transaction that records them in the inbox,
+/// changes the tickets and stock, and writes the events they cause to the outbox. A
+/// redelivered event stops at the inbox. Whichever of `order.placed` and `order.cancelled` comes
 /// first creates the order's ticket, so a second `order.placed` for the same order
 /// (another event id) decides nothing and announces nothing.
 #[derive(Debug)]
@@ -47,23 +48,105 @@ pub(crate) struct OrderHandler {
     pub(crate) timer: Arc<Notify>,
 }
 
-#[async_trait]
-impl Handler for OrderHandler {
-    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+/// An event of the kitchen's queue, decoded.
+enum OrderWork {
+    Placed(OrderPlaced),
+    Cancelled(OrderCancelled),
+}
+
+impl OrderWork {
+    fn decode(event: &Envelope) -> Result<Self, HandlerError> {
         match event.event_type.as_str() {
-            "order.placed" => self.place(event).await,
-            "order.cancelled" => self.cancel(event).await,
+            "order.placed" => Ok(Self::Placed(
+                event.decode().map_err(HandlerError::permanent)?,
+            )),
+            "order.cancelled" => Ok(Self::Cancelled(
+                event.decode().map_err(HandlerError::permanent)?,
+            )),
             other => Err(HandlerError::permanent(anyhow::anyhow!(
                 "the kitchen does not handle event type {other}"
             ))),
         }
     }
+
+    /// Returns the write-lock keys: the restaurant, whose capacity and stock decisions
+    /// are made one at a time, and the order.
+    fn keys(&self) -> [&str; 2] {
+        match self {
+            Self::Placed(order) => [&order.restaurant_id, &order.order_id],
+            Self::Cancelled(cancelled) => [&cancelled.restaurant_id, &cancelled.order_id],
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for OrderHandler {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(event)).await
+    }
+
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
+    /// Handles the events in order in one transaction, which locks every
+    /// restaurant and order they name and writes the events they cause with one
+    /// statement.
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let works = events
+            .iter()
+            .map(OrderWork::decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<&str> = works.iter().flat_map(OrderWork::keys).collect();
+        let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
+
+        let mut tx = self.db.begin_write_for(&keys).await?;
+        let mut new = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
+        let mut outgoing = Vec::new();
+        let mut accepted = false;
+        for (event, work) in events.iter().zip(works) {
+            // Taking the id out handles an event given twice in the batch once.
+            if !new.remove(&event.id) {
+                tracing::trace!(event_id = %event.id, "event already handled");
+                continue;
+            }
+            match work {
+                OrderWork::Placed(order) => {
+                    let decided = self.place(&mut tx, event, order).await?;
+                    if let Some((ticket_status, announcement)) = decided {
+                        accepted |= ticket_status == TicketStatus::Accepted;
+                        outgoing.push(announcement);
+                    }
+                }
+                OrderWork::Cancelled(cancelled) => {
+                    self.cancel(&mut tx, event, &cancelled).await?;
+                }
+            }
+        }
+        outbox::enqueue_many(&mut tx, &outgoing).await?;
+        tx.commit().await?;
+
+        if !outgoing.is_empty() {
+            self.relay.notify_one();
+        }
+        if accepted {
+            self.timer.notify_one();
+        }
+        Ok(())
+    }
 }
 
 impl OrderHandler {
-    /// Decides a placed order and stores the decision as its ticket.
-    async fn place(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let order: OrderPlaced = event.decode().map_err(HandlerError::permanent)?;
+    /// Decides a placed order inside `tx` and stores the decision as its ticket.
+    /// Returns the ticket's status and the event that announces it, or nothing
+    /// when the order already has a ticket. The caller has recorded the event in
+    /// the inbox and locked the restaurant and the order.
+    async fn place(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &Envelope,
+        order: OrderPlaced,
+    ) -> Result<Option<(TicketStatus, Envelope)>, HandlerError> {
         let now = now_millis();
         // NOTE: the offset is fixed, so orders placed during daylight saving time are
         // judged an hour off unless the offset is changed with the season.
@@ -73,40 +156,26 @@ impl OrderHandler {
         };
         let trace = event.trace_context();
 
-        // The restaurant's key makes its capacity and stock decisions one at a time.
-        let mut tx = self
-            .db
-            .begin_write_for(&[&order.restaurant_id, &order.order_id])
-            .await?;
-        if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
-            tx.rollback().await?;
-            tracing::trace!("event already handled");
-            return Ok(());
-        }
-        let existing = storage::find_ticket_in(&mut tx, &order.order_id)
+        let existing = storage::find_ticket_in(tx, &order.order_id)
             .await
             .map_err(HandlerError::transient)?;
         if let Some(existing) = existing {
-            tx.commit().await?;
             tracing::debug!(
                 order_id = %order.order_id,
                 status = %existing.ticket.status,
                 "order already has a ticket; event ignored"
             );
-            return Ok(());
+            return Ok(None);
         }
 
-        let restaurant = storage::find_restaurant(&mut tx, &order.restaurant_id).await?;
+        let restaurant = storage::find_restaurant(tx, &order.restaurant_id).await?;
         let hours = domain::opening_hours(restaurant.as_ref());
         let ordered = stock::ordered_quantities(&order.lines);
-        let levels = storage::stock_levels(
-            &mut tx,
-            &order.restaurant_id,
-            ordered.keys().map(String::as_str),
-        )
-        .await?;
+        let levels =
+            storage::stock_levels(tx, &order.restaurant_id, ordered.keys().map(String::as_str))
+                .await?;
         let shortages = stock::shortages(&order.lines, &levels);
-        let open_tickets = storage::count_open_tickets(&mut tx, &order.restaurant_id).await?;
+        let open_tickets = storage::count_open_tickets(tx, &order.restaurant_id).await?;
         let decision = decision::decide(
             &Circumstances {
                 restaurant_id: &order.restaurant_id,
@@ -138,8 +207,7 @@ impl OrderHandler {
         let announcement = match decision {
             Decision::Accept => {
                 for (menu_item_id, &quantity) in &ordered {
-                    if storage::take_stock(&mut tx, &order.restaurant_id, menu_item_id, quantity)
-                        .await?
+                    if storage::take_stock(tx, &order.restaurant_id, menu_item_id, quantity).await?
                     {
                         stock_taken.insert(menu_item_id.clone(), quantity);
                     }
@@ -176,21 +244,14 @@ impl OrderHandler {
         };
 
         let traceparent = trace.to_string();
-        if !storage::insert_ticket(&mut tx, &ticket, Some(&traceparent), &stock_taken).await? {
+        if !storage::insert_ticket(tx, &ticket, Some(&traceparent), &stock_taken).await? {
             // The ticket was absent when read above, so another transaction inserted
-            // it since. The retry finds it and decides nothing.
-            tx.rollback().await?;
+            // it since. The caller rolls back, and the retry finds it and decides
+            // nothing.
             return Err(HandlerError::transient(anyhow::anyhow!(
                 "order {} got a ticket from a concurrent handler",
                 order.order_id
             )));
-        }
-        outbox::enqueue(&mut tx, &announcement).await?;
-        tx.commit().await?;
-
-        self.relay.notify_one();
-        if ticket.status == TicketStatus::Accepted {
-            self.timer.notify_one();
         }
         tracing::trace!(
             order_id = %ticket.order_id,
@@ -200,26 +261,22 @@ impl OrderHandler {
             %local_time,
             "order decided"
         );
-        Ok(())
+        Ok(Some((ticket.status, announcement)))
     }
 
-    /// Cancels the order's ticket while it is accepted, or records the cancellation
-    /// when the order has not arrived yet.
-    async fn cancel(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let cancelled: OrderCancelled = event.decode().map_err(HandlerError::permanent)?;
+    /// Cancels the order's ticket inside `tx` while it is accepted, or records the
+    /// cancellation when the order has not arrived yet. The caller has recorded
+    /// the event in the inbox and locked the restaurant and the order.
+    async fn cancel(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &Envelope,
+        cancelled: &OrderCancelled,
+    ) -> Result<(), HandlerError> {
         let order_id = cancelled.order_id.as_str();
         let now = now_millis();
 
-        let mut tx = self
-            .db
-            .begin_write_for(&[&cancelled.restaurant_id, order_id])
-            .await?;
-        if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
-            tx.rollback().await?;
-            tracing::trace!("event already handled");
-            return Ok(());
-        }
-        let existing = storage::find_ticket_in(&mut tx, order_id)
+        let existing = storage::find_ticket_in(tx, order_id)
             .await
             .map_err(HandlerError::transient)?;
         match existing {
@@ -240,10 +297,9 @@ impl OrderHandler {
                     cancelled_at: Some(now),
                 };
                 let traceparent = event.trace_context().to_string();
-                if !storage::insert_ticket(&mut tx, &ticket, Some(&traceparent), &BTreeMap::new())
+                if !storage::insert_ticket(tx, &ticket, Some(&traceparent), &BTreeMap::new())
                     .await?
                 {
-                    tx.rollback().await?;
                     return Err(HandlerError::transient(anyhow::anyhow!(
                         "order {order_id} got a ticket from a concurrent handler"
                     )));
@@ -254,10 +310,10 @@ impl OrderHandler {
                 );
             }
             Some(locked) if locked.ticket.status == TicketStatus::Accepted => {
-                if storage::cancel_ticket(&mut tx, &locked.ticket.ticket_id, now).await? {
+                if storage::cancel_ticket(tx, &locked.ticket.ticket_id, now).await? {
                     for (menu_item_id, &quantity) in &locked.stock_taken {
                         storage::return_stock(
-                            &mut tx,
+                            tx,
                             &locked.ticket.restaurant_id,
                             menu_item_id,
                             quantity,
@@ -279,7 +335,6 @@ impl OrderHandler {
                 );
             }
         }
-        tx.commit().await?;
         Ok(())
     }
 }

@@ -747,6 +747,69 @@ async fn cancellation_returns_taken_stock() {
     kitchen.stop().await;
 }
 
+/// One batch in one transaction decides its orders in order: a repeated order,
+/// a shortage left by earlier orders of the batch, and a cancellation that returns
+/// stock to a later order.
+#[tokio::test]
+async fn batch_decides_in_order() {
+    let fixture = Fixture::new().await;
+    let mut stream = fixture.kitchen_events().await;
+    let kitchen = fixture.start(fixture.settings_with_auth(1.0).await).await;
+    kitchen
+        .put_stock(
+            "item-1",
+            serde_json::json!({"quantity": 5}),
+            Some(Role::Staff),
+        )
+        .await;
+    let batch = [
+        order_placed("order-1", None),
+        order_placed("order-1", None),
+        order_placed("order-2", None),
+        order_placed("order-3", None),
+        order_cancelled("order-2"),
+        order_placed("order-4", None),
+    ];
+
+    kitchen
+        .handler
+        .handle_batch(&batch)
+        .await
+        .expect("batch handled");
+    kitchen
+        .handler
+        .handle_batch(&batch)
+        .await
+        .expect("batch handled again");
+    let events = read_for(&mut stream, SETTLE * 4).await;
+    let decisions: Vec<(&str, String)> = events
+        .iter()
+        .filter(|event| event.event_type != "order.ready")
+        .map(|event| {
+            let order_id = match event.event_type.as_str() {
+                "order.accepted" => event.decode::<OrderAccepted>().expect("decodes").order_id,
+                _ => event.decode::<OrderRejected>().expect("decodes").order_id,
+            };
+            (event.event_type.as_str(), order_id)
+        })
+        .collect();
+    let stock = kitchen.stock().await;
+
+    let expected = [
+        ("order.accepted", "order-1"),
+        ("order.accepted", "order-2"),
+        ("order.rejected", "order-3"),
+        ("order.accepted", "order-4"),
+    ];
+    let expected: Vec<(&str, String)> = expected
+        .iter()
+        .map(|(kind, order_id)| (*kind, (*order_id).to_owned()))
+        .collect();
+    assert_eq!(decisions, expected);
+    assert_eq!(stock["items"][0]["quantity"], 1);
+    kitchen.stop().await;
+}
+
 #[tokio::test]
 async fn null_quantity_removes_limit() {
     let fixture = Fixture::new().await;
