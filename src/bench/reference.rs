@@ -118,6 +118,8 @@ pub(super) async fn run(
         integrity_ok: summary.checks.ok,
         integrity: String::new(),
         cpu_s,
+        // The reference's script measures only while the load runs.
+        cpu_drained_s: BTreeMap::new(),
         own_prefix: "node ".to_owned(),
         peak_rss_bytes: BTreeMap::new(),
     })
