@@ -129,27 +129,29 @@ pub async fn menu_items(
     ids: &[&str],
 ) -> Result<HashMap<String, MenuItem>, sqlx::Error> {
     let mut items = HashMap::with_capacity(ids.len());
-    for id in ids {
-        let row = sqlx::query(
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
             "SELECT menu_item_id, restaurant_id, name, price_cents, currency, available \
-             FROM menu_replica WHERE menu_item_id = $1",
-        )
-        .bind(*id)
-        .fetch_optional(db.pool())
-        .await?;
-        if let Some(row) = row {
+             FROM menu_replica WHERE menu_item_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        // Kept as a prepared statement: orders have a few lines, so a few
+        // shapes of this text repeat on every connection.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(db.pool()).await? {
             let available: i64 = row.try_get("available")?;
-            items.insert(
-                (*id).to_owned(),
-                MenuItem {
-                    menu_item_id: row.try_get("menu_item_id")?,
-                    restaurant_id: row.try_get("restaurant_id")?,
-                    name: row.try_get("name")?,
-                    price_cents: row.try_get("price_cents")?,
-                    currency: row.try_get("currency")?,
-                    available: available != 0,
-                },
-            );
+            let item = MenuItem {
+                menu_item_id: row.try_get("menu_item_id")?,
+                restaurant_id: row.try_get("restaurant_id")?,
+                name: row.try_get("name")?,
+                price_cents: row.try_get("price_cents")?,
+                currency: row.try_get("currency")?,
+                available: available != 0,
+            };
+            items.insert(item.menu_item_id.clone(), item);
         }
     }
     Ok(items)
@@ -232,19 +234,37 @@ pub async fn insert_order(
     .execute(&mut **tx)
     .await?;
 
-    for (line_no, line) in order.lines.iter().enumerate() {
-        sqlx::query(
+    let numbered: Vec<(usize, &PricedLine)> = order.lines.iter().enumerate().collect();
+    for chunk in numbered.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let first = i * 5 + 2;
+                format!(
+                    "($1, ${}, ${}, ${}, ${}, ${})",
+                    first,
+                    first + 1,
+                    first + 2,
+                    first + 3,
+                    first + 4
+                )
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO order_lines (order_id, line_no, menu_item_id, name, quantity, unit_price_cents) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(order.id)
-        .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
-        .bind(&line.menu_item_id)
-        .bind(&line.name)
-        .bind(i64::from(line.quantity))
-        .bind(line.unit_price_cents)
-        .execute(&mut **tx)
-        .await?;
+             VALUES {}",
+            rows.join(", ")
+        );
+        // Kept as a prepared statement, as in `menu_items`.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(order.id);
+        for (line_no, line) in chunk {
+            query = query
+                .bind(i64::try_from(*line_no).unwrap_or(i64::MAX))
+                .bind(&line.menu_item_id)
+                .bind(&line.name)
+                .bind(i64::from(line.quantity))
+                .bind(line.unit_price_cents);
+        }
+        query.execute(&mut **tx).await?;
     }
 
     record_status(tx, order.id, order.status, order.now, None, order.reason).await?;
