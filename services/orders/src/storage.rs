@@ -237,17 +237,7 @@ pub async fn insert_order(
     let numbered: Vec<(usize, &PricedLine)> = order.lines.iter().enumerate().collect();
     for chunk in numbered.chunks(ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let first = i * 5 + 2;
-                format!(
-                    "($1, ${}, ${}, ${}, ${}, ${})",
-                    first,
-                    first + 1,
-                    first + 2,
-                    first + 3,
-                    first + 4
-                )
-            })
+            .map(|i| format!("($1, {})", placeholders(i * 5 + 2, 5)))
             .collect();
         let sql = format!(
             "INSERT INTO order_lines (order_id, line_no, menu_item_id, name, quantity, unit_price_cents) \
@@ -377,7 +367,7 @@ pub async fn record_statuses(
     let mut recorded = HashSet::with_capacity(entries.len());
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| row_placeholders(i * 5 + 1, 5))
+            .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
             .collect();
         let sql = format!(
             "INSERT INTO order_status_history (order_id, status, changed_at, event_id, reason) \
@@ -429,17 +419,7 @@ pub async fn add_payment_actions(
 ) -> Result<(), sqlx::Error> {
     for chunk in actions.chunks(ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let first = i * 5 + 2;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, 'pending', 0, $1, $1)",
-                    first,
-                    first + 1,
-                    first + 2,
-                    first + 3,
-                    first + 4
-                )
-            })
+            .map(|i| format!("({}, 'pending', 0, $1, $1)", placeholders(i * 5 + 2, 5)))
             .collect();
         let sql = format!(
             "INSERT INTO payment_actions (order_id, action, payment_id, amount_cents, reason, status, attempts, next_attempt_at, created_at) \
@@ -581,11 +561,6 @@ fn placeholders(first: usize, count: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// One parenthesised row of `count` placeholders starting at `$first`.
-fn row_placeholders(first: usize, count: usize) -> String {
-    format!("({})", placeholders(first, count))
 }
 
 /// Loads an order with its lines and timeline.
