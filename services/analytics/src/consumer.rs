@@ -42,18 +42,26 @@ impl Handler for Projection {
         let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
         let mut tx = self.db.begin_write().await?;
         let mut new = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
+        let mut changes = Vec::new();
         for event in events {
             // Taking the id out applies an event given twice in the batch once.
             if new.remove(&event.id) {
-                apply(&mut tx, event).await?;
+                apply(&mut tx, event, &mut changes).await?;
             }
         }
+        storage::record_status_changes(&mut tx, &changes).await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
-async fn apply(tx: &mut Transaction<'_, Any>, event: &Envelope) -> Result<(), HandlerError> {
+/// Applies `event` to the order facts in `tx`, and adds a status change to
+/// `changes`, which the caller records for the whole batch with one statement.
+async fn apply(
+    tx: &mut Transaction<'_, Any>,
+    event: &Envelope,
+    changes: &mut Vec<(OrderStatusChanged, OrderStatus)>,
+) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
         "order.placed" => {
             let data = event
@@ -100,7 +108,7 @@ async fn apply(tx: &mut Transaction<'_, Any>, event: &Envelope) -> Result<(), Ha
                     OrderStatus::ALL.map(OrderStatus::as_str).join(", ")
                 ))
             })?;
-            storage::record_status_change(tx, &data, status).await?;
+            changes.push((data, status));
         }
         // Pickups, rejections and cancellations are counted from the status changes,
         // which carry the order service's decision rather than the raw report.
