@@ -4,7 +4,7 @@
 mod restaurants;
 mod stock;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -250,23 +250,34 @@ pub(crate) async fn next_ready_by(pool: &AnyPool) -> anyhow::Result<Option<i64>>
     Ok(next)
 }
 
-/// Moves an accepted ticket to ready at `now` and returns whether it was still
-/// accepted. A ticket in any other state is left alone.
+/// Moves the accepted tickets among `ticket_ids` to ready at `now` and returns
+/// the ids of those that were still accepted. A ticket in any other state is left
+/// alone.
 pub(crate) async fn mark_ready(
     tx: &mut Transaction<'_, Any>,
-    ticket_id: &str,
+    ticket_ids: &[&str],
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE tickets SET status = 'ready', ready_at_actual = $2 \
-         WHERE ticket_id = $1 AND status = 'accepted'",
-    )
-    .bind(ticket_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(updated == 1)
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut updated = HashSet::with_capacity(ticket_ids.len());
+    // One statement per timer batch, whose size is bounded by its read.
+    for chunk in ticket_ids.chunks(500) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE tickets SET status = 'ready', ready_at_actual = $1 \
+             WHERE status = 'accepted' AND ticket_id IN ({}) RETURNING ticket_id",
+            placeholders.join(", ")
+        );
+        // Only placeholders are formatted in. The text varies with the batch's
+        // size, so it is not kept as a prepared statement.
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(now);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        updated.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(updated)
 }
 
 /// Counts tickets in total, per status, per reject reason and per order.

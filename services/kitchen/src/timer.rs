@@ -52,7 +52,7 @@ impl TicketTimer {
     }
 
     /// Runs passes until `shutdown` is cancelled. A pass that is under way when the
-    /// token is cancelled stops after the ticket it is on.
+    /// token is cancelled finishes its batch, one transaction.
     ///
     /// Between passes it sleeps until the next planned ready time, at most
     /// [`MAX_SLEEP`], or until woken. After a failed pass it retries after 100 ms,
@@ -61,7 +61,7 @@ impl TicketTimer {
         tracing::info!("ticket timer started");
         let mut retry_delay = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            let pause = match self.pass(&shutdown).await {
+            let pause = match self.pass().await {
                 Ok(pause) => {
                     retry_delay = Duration::from_millis(100);
                     pause
@@ -87,13 +87,10 @@ impl TicketTimer {
 
     /// Marks the due tickets ready, up to one batch, and returns how long to sleep
     /// before the next pass: zero when a full batch suggests that more are due.
-    async fn pass(&self, shutdown: &CancellationToken) -> anyhow::Result<Duration> {
+    async fn pass(&self) -> anyhow::Result<Duration> {
         let due = storage::due_tickets(self.db.pool(), now_millis(), BATCH as i64).await?;
-        for ticket in &due {
-            if shutdown.is_cancelled() {
-                return Ok(Duration::ZERO);
-            }
-            self.mark_ready(ticket).await?;
+        if !due.is_empty() {
+            self.mark_ready(&due).await?;
         }
         if due.len() == BATCH {
             return Ok(Duration::ZERO);
@@ -106,41 +103,51 @@ impl TicketTimer {
         Ok(Duration::from_millis(until_next).min(MAX_SLEEP))
     }
 
-    /// Moves one ticket to ready and writes `order.ready` to the outbox, in one
-    /// transaction. A ticket that is no longer accepted is skipped.
-    async fn mark_ready(&self, ticket: &DueTicket) -> anyhow::Result<()> {
-        let mut tx = self
-            .db
-            .begin_write_for(&[&ticket.restaurant_id, &ticket.order_id])
-            .await?;
+    /// Moves the tickets to ready and writes their `order.ready` events to the
+    /// outbox, in one transaction that locks their restaurants and orders. A ticket
+    /// that is no longer accepted, because it was cancelled since it was read, is
+    /// skipped.
+    async fn mark_ready(&self, due: &[DueTicket]) -> anyhow::Result<()> {
+        let keys: Vec<&str> = due
+            .iter()
+            .flat_map(|ticket| [ticket.restaurant_id.as_str(), ticket.order_id.as_str()])
+            .collect();
+        let ids: Vec<&str> = due.iter().map(|ticket| ticket.ticket_id.as_str()).collect();
+        let mut tx = self.db.begin_write_for(&keys).await?;
         let now = now_millis();
-        if !storage::mark_ready(&mut tx, &ticket.ticket_id, now).await? {
-            tx.rollback().await?;
-            return Ok(());
+        let updated = storage::mark_ready(&mut tx, &ids, now).await?;
+        let mut events = Vec::with_capacity(updated.len());
+        for ticket in due
+            .iter()
+            .filter(|ticket| updated.contains(&ticket.ticket_id))
+        {
+            let ready = OrderReady {
+                order_id: ticket.order_id.clone(),
+                restaurant_id: ticket.restaurant_id.clone(),
+                ticket_id: ticket.ticket_id.clone(),
+                ready_at: now,
+                preparation_ms: now - ticket.accepted_at,
+                replay_delivery_minutes: ticket.replay_delivery_minutes,
+            };
+            let trace = ticket
+                .traceparent
+                .as_deref()
+                .and_then(TraceContext::parse)
+                .map_or_else(TraceContext::new_root, |context| context.child());
+            tracing::trace!(
+                order_id = %ticket.order_id,
+                ticket_id = %ticket.ticket_id,
+                preparation_ms = ready.preparation_ms,
+                "ticket ready"
+            );
+            events.push(Envelope::new(SOURCE, &ready, Some(trace)));
         }
-        let ready = OrderReady {
-            order_id: ticket.order_id.clone(),
-            restaurant_id: ticket.restaurant_id.clone(),
-            ticket_id: ticket.ticket_id.clone(),
-            ready_at: now,
-            preparation_ms: now - ticket.accepted_at,
-            replay_delivery_minutes: ticket.replay_delivery_minutes,
-        };
-        let trace = ticket
-            .traceparent
-            .as_deref()
-            .and_then(TraceContext::parse)
-            .map_or_else(TraceContext::new_root, |context| context.child());
-        outbox::enqueue(&mut tx, &Envelope::new(SOURCE, &ready, Some(trace))).await?;
+        outbox::enqueue_many(&mut tx, &events).await?;
         tx.commit().await?;
 
-        self.relay.notify_one();
-        tracing::trace!(
-            order_id = %ticket.order_id,
-            ticket_id = %ticket.ticket_id,
-            preparation_ms = ready.preparation_ms,
-            "ticket ready"
-        );
+        if !events.is_empty() {
+            self.relay.notify_one();
+        }
         Ok(())
     }
 }
