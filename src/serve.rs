@@ -76,6 +76,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fault_exit_after_payment_step: false,
         pool: args.pool.settings(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
+        admission: tiffin_orders::admission::AdmissionSettings::default(),
     };
 
     let shutdown = CancellationToken::new();

@@ -135,6 +135,7 @@ pub async fn build(
             orders_settings.fault_exit_after_payment_step = settings.fault_exit_after_payment_step;
             orders_settings.pool = settings.pool.clone();
             orders_settings.release_unclaimed_after = settings.release_unclaimed_after;
+            orders_settings.admission = settings.admission;
             let orders = tiffin_orders::Service::build(orders_settings, bus).await?;
             Built {
                 addr: orders.http_addr(),

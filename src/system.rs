@@ -54,6 +54,8 @@ pub struct SystemSettings {
     /// How long the order service waits for a retry of a placement whose payment
     /// timed out before it voids the authorization.
     pub release_unclaimed_after: Duration,
+    /// When the order service rejects new orders because the kitchen is behind.
+    pub admission: tiffin_orders::admission::AdmissionSettings,
 }
 
 /// The services whose data the system keeps, one database each.

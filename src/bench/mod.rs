@@ -320,6 +320,7 @@ impl Target {
             fault_exit_after_payment_step: false,
             pool: args.pool.settings(),
             release_unclaimed_after: std::time::Duration::from_secs(60),
+            admission: tiffin_orders::admission::AdmissionSettings::default(),
         })
         .await?;
         if let Err(error) = system.wait_ready(Duration::from_secs(120)).await {

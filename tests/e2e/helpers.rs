@@ -51,6 +51,7 @@ pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
         fault_exit_after_payment_step: false,
         pool: tiffin_runtime::db::PoolSettings::default(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
+        admission: tiffin_orders::admission::AdmissionSettings::default(),
     }
 }
 

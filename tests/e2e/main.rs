@@ -3,6 +3,7 @@
 //!
 //! Set `TEST_LOG=1` to see the services' logs.
 
+mod admission;
 mod bad_input;
 mod brokers;
 mod crash;

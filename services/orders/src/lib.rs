@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod compensation;
 pub mod consumer;
 pub mod domain;
@@ -45,6 +46,7 @@ use tiffin_runtime::token::TokenVerifier;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+use crate::admission::{Admission, AdmissionSettings};
 use crate::compensation::PaymentWorker;
 use crate::consumer::{LIFECYCLE_EVENTS, LIFECYCLE_GROUP, MENU_GROUP, MenuReplica, OrderLifecycle};
 use crate::payments::PaymentsGateway;
@@ -80,6 +82,8 @@ pub struct Settings {
     /// How long an authorization that timed out waits for a retry with the same
     /// Idempotency-Key before the payment worker voids it. Default 60 s.
     pub release_unclaimed_after: Duration,
+    /// When new orders are rejected because the kitchen's decisions fall behind.
+    pub admission: AdmissionSettings,
 }
 
 impl Settings {
@@ -101,6 +105,7 @@ impl Settings {
             concurrency: 64,
             fault_exit_after_payment_step: false,
             release_unclaimed_after: Duration::from_secs(60),
+            admission: AdmissionSettings::default(),
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct AppState {
     pub replica_caught_up: watch::Receiver<bool>,
     /// How long a timed-out authorization waits for a retry before it is voided.
     pub release_unclaimed_after: Duration,
+    /// Rejects new orders while the kitchen's decisions fall behind.
+    pub admission: Admission,
 }
 
 impl FromRef<AppState> for TokenVerifier {
@@ -168,6 +175,7 @@ impl Service {
             compensation_waker: Arc::new(Notify::new()),
             replica_caught_up,
             release_unclaimed_after: settings.release_unclaimed_after,
+            admission: Admission::new(settings.admission),
         };
         Ok(Self {
             state,
@@ -250,6 +258,12 @@ impl Service {
             .run(worker_stop.clone()),
         );
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
+        let admission = tokio::spawn(
+            self.state
+                .admission
+                .clone()
+                .watch(self.state.db.clone(), worker_stop.clone()),
+        );
 
         let router = tiffin_runtime::http::with_common_layers(routes::router(self.state.clone()));
         let served =
@@ -258,7 +272,7 @@ impl Service {
         consumers.cancel();
         let _ = tokio::join!(lifecycle, menu);
         worker_stop.cancel();
-        let _ = worker.await;
+        let _ = tokio::join!(worker, admission);
         relay_stop.cancel();
         let _ = relay.await;
         self.state.db.close().await;

@@ -563,6 +563,15 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// Counts the orders still `placed`, waiting for the kitchen's decision, that were
+/// created before `before` (Unix milliseconds).
+pub async fn count_waiting_for_kitchen(db: &Database, before: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE status = 'placed' AND created_at < $1")
+        .bind(before)
+        .fetch_one(db.pool())
+        .await
+}
+
 /// Loads an order with its lines and timeline.
 pub async fn find_order(db: &Database, order_id: &str) -> Result<Option<OrderRecord>, sqlx::Error> {
     let Some(row) = sqlx::query("SELECT * FROM orders WHERE order_id = $1")

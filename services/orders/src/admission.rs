@@ -1,0 +1,113 @@
+//! Admission control: the order service rejects new orders with 503 while the
+//! kitchen's decisions fall behind.
+//!
+//! Under enough load, HTTP accepts orders faster than the events behind them are
+//! handled, and the difference waits in the queues. Every new order then takes
+//! longer to reach the kitchen, and the wait grows for as long as the load lasts.
+//! Rejecting a placement with 503 and `Retry-After` while too many orders have
+//! waited too long keeps that wait bounded. The client's retry with the same
+//! `Idempotency-Key` places the order once the backlog has shrunk.
+//!
+//! The signal is the order service's own data: orders still `placed` (the
+//! kitchen's decision has not come back) that are older than a threshold. A few
+//! orders stuck for another reason, such as a dead-lettered event, do not stop
+//! the service.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tiffin_runtime::CancellationToken;
+use tiffin_runtime::db::Database;
+use tiffin_runtime::time::now_millis;
+
+use crate::storage;
+
+/// When the order service rejects new orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionSettings {
+    /// Reject new orders while more than this many orders wait for the kitchen
+    /// longer than `waiting_after`. `None` admits every order.
+    pub max_waiting: Option<u64>,
+    /// How long an order may wait for the kitchen's decision before it counts.
+    pub waiting_after: Duration,
+    /// How often the count is taken.
+    pub interval: Duration,
+}
+
+impl Default for AdmissionSettings {
+    /// 200 orders waiting longer than 2 s, counted every 250 ms: the kitchen
+    /// decides in milliseconds when it keeps up.
+    fn default() -> Self {
+        Self {
+            max_waiting: Some(200),
+            waiting_after: Duration::from_secs(2),
+            interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The latest count of waiting orders, shared by the watcher and the placement
+/// handler.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    settings: AdmissionSettings,
+    waiting: Arc<AtomicI64>,
+}
+
+impl Admission {
+    /// Creates the gate with no orders counted yet.
+    pub fn new(settings: AdmissionSettings) -> Self {
+        Self {
+            settings,
+            waiting: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Returns the number of waiting orders when it is over the limit, so that
+    /// the caller rejects the order; `None` admits it.
+    pub fn over_limit(&self) -> Option<u64> {
+        let limit = self.settings.max_waiting?;
+        let waiting = u64::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(0);
+        (waiting > limit).then_some(waiting)
+    }
+
+    /// Returns the settings.
+    pub fn settings(&self) -> AdmissionSettings {
+        self.settings
+    }
+
+    /// Counts the waiting orders every interval until `shutdown` is cancelled. A
+    /// failed count keeps the last one and is logged.
+    pub async fn watch(self, db: Database, shutdown: CancellationToken) {
+        if self.settings.max_waiting.is_none() {
+            return;
+        }
+        let waiting_after = i64::try_from(self.settings.waiting_after.as_millis()).unwrap_or(0);
+        let mut was_over = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let before = now_millis().saturating_sub(waiting_after);
+            match storage::count_waiting_for_kitchen(&db, before).await {
+                Ok(waiting) => {
+                    self.waiting.store(waiting, Ordering::Relaxed);
+                    let over = self.over_limit().is_some();
+                    if over != was_over {
+                        if over {
+                            tracing::warn!(waiting, limit = ?self.settings.max_waiting, "the kitchen is behind; rejecting new orders with 503");
+                        } else {
+                            tracing::info!(waiting, "the kitchen caught up; admitting new orders");
+                        }
+                        was_over = over;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "failed to count the orders waiting for the kitchen");
+                }
+            }
+        }
+    }
+}
