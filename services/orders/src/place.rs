@@ -43,8 +43,7 @@ pub struct Placed {
 /// # Errors
 ///
 /// A problem document for the client: 400 or 422 for a bad request, 402 for a
-/// declined card, 503 when payments did not answer or the kitchen is behind, 500
-/// otherwise.
+/// declined card, 503 when payments did not answer, 500 otherwise.
 pub async fn place_order(
     state: &AppState,
     customer_id: &str,
@@ -57,19 +56,6 @@ pub async fn place_order(
 
     if let Some(found) = replay(state, customer_id, idempotency_key, &request_hash).await? {
         return Ok(found);
-    }
-    // After the replay, so that a retry of an order placed before still gets its
-    // answer; before the authorization, so that a rejected order costs nothing.
-    if let Some(waiting) = state.admission.over_limit() {
-        let after = state.admission.settings().waiting_after;
-        tracing::debug!(waiting, "order rejected with 503: the kitchen is behind");
-        return Err(Problem::unavailable(
-            format!(
-                "the kitchen is behind: {waiting} orders have waited more than {} ms for its decision; retry with the same Idempotency-Key",
-                after.as_millis()
-            ),
-            1,
-        ));
     }
 
     let known = storage::restaurant_known(&state.db, &request.restaurant_id)

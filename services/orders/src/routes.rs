@@ -1,7 +1,8 @@
 //! REST handlers of the order service.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +32,32 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A placement the order service admits: while the kitchen is behind, the request
+/// is rejected with 503 before its token is verified or its body read, so that a
+/// client retrying without pause costs little. A retry with the same
+/// `Idempotency-Key` after `Retry-After` places the order or returns the one it
+/// placed before.
+struct Admitted;
+
+impl FromRequestParts<AppState> for Admitted {
+    type Rejection = Problem;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let Some(waiting) = state.admission.over_limit() else {
+            return Ok(Self);
+        };
+        let after = state.admission.settings().waiting_after;
+        tracing::debug!(waiting, "order rejected with 503: the kitchen is behind");
+        Err(Problem::unavailable(
+            format!(
+                "the kitchen is behind: {waiting} orders have waited more than {} ms for its decision; retry with the same Idempotency-Key",
+                after.as_millis()
+            ),
+            1,
+        ))
+    }
+}
+
 /// The response body of `POST /v1/orders`.
 #[derive(Debug, Serialize)]
 struct CreatedOrder {
@@ -42,6 +69,7 @@ struct CreatedOrder {
 }
 
 async fn create_order(
+    _admitted: Admitted,
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
     Caller(claims): Caller,
