@@ -107,7 +107,8 @@ pub struct Settings {
     /// replica.
     pub consumer: RetryPolicy,
     /// Maximum number of order events handled at once. Must be at least 1.
-    /// Default 16.
+    /// Default 64: a batch takes one slot per event, so this also bounds the batch
+    /// that shares one transaction.
     pub concurrency: usize,
     /// The auth service's JSON Web Key Set URL, such as
     /// `http://127.0.0.1:8080/v1/auth/jwks`, which verifies the staff tokens of the
@@ -139,7 +140,7 @@ impl Settings {
             time_scale: 1.0,
             default_preparation: Duration::from_secs(12 * 60),
             consumer: RetryPolicy::default(),
-            concurrency: 16,
+            concurrency: 64,
             jwks_url: None,
             utc_offset_minutes: 120,
             capacity_per_restaurant: 25,

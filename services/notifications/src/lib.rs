@@ -79,7 +79,9 @@ pub struct Settings {
     /// Retries, backoff and timeouts of the event consumer. Its handler timeout
     /// should exceed [`SendPolicy::timeout`], because the handler sends once.
     pub consumer: RetryPolicy,
-    /// Maximum number of events handled at once. Must be at least 1. Default 16.
+    /// Maximum number of events handled at once. Must be at least 1. Default 64: a
+    /// batch takes one slot per event, so this also bounds the batch that shares
+    /// one transaction.
     pub concurrency: usize,
     /// Send timeout and retries of each notification.
     pub sender: SendPolicy,
@@ -95,7 +97,7 @@ impl Settings {
             pool: PoolSettings::default(),
             channel: "log:".to_owned(),
             consumer: RetryPolicy::default(),
-            concurrency: 16,
+            concurrency: 64,
             sender: SendPolicy::default(),
         }
     }
