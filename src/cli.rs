@@ -124,6 +124,42 @@ impl PoolArgs {
     }
 }
 
+/// When the order service rejects new orders because the kitchen is behind,
+/// shared by `up`, `serve`, `demo` and `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct AdmissionArgs {
+    /// Reject new orders with 503 while more than this many orders wait longer
+    /// than --waiting-after-ms for the kitchen's decision. 0 admits every order.
+    #[arg(long, default_value_t = 200)]
+    pub max_waiting_orders: u64,
+
+    /// How long, in milliseconds, an order may wait for the kitchen's decision
+    /// before it counts against --max-waiting-orders.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub waiting_after_ms: u64,
+}
+
+impl AdmissionArgs {
+    /// Returns the order service's admission settings these flags describe.
+    pub fn settings(&self) -> tiffin_orders::admission::AdmissionSettings {
+        tiffin_orders::admission::AdmissionSettings {
+            max_waiting: (self.max_waiting_orders > 0).then_some(self.max_waiting_orders),
+            waiting_after: std::time::Duration::from_millis(self.waiting_after_ms),
+            ..tiffin_orders::admission::AdmissionSettings::default()
+        }
+    }
+
+    /// Returns the flags that give a child process the same settings.
+    pub fn to_args(&self) -> [String; 4] {
+        [
+            "--max-waiting-orders".to_owned(),
+            self.max_waiting_orders.to_string(),
+            "--waiting-after-ms".to_owned(),
+            self.waiting_after_ms.to_string(),
+        ]
+    }
+}
+
 /// Settings of the simulation, shared by `up` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct SimulationArgs {
@@ -199,6 +235,9 @@ pub struct UpArgs {
     pub pool: PoolArgs,
 
     #[command(flatten)]
+    pub admission: AdmissionArgs,
+
+    #[command(flatten)]
     pub simulation: SimulationArgs,
 
     #[command(flatten)]
@@ -233,6 +272,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub pool: PoolArgs,
+
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
 
     #[command(flatten)]
     pub bus: BusArgs,
@@ -351,6 +393,9 @@ pub struct DemoArgs {
 
     #[command(flatten)]
     pub pool: PoolArgs,
+
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
 
     /// Write the report as JSON to this file.
     #[arg(long)]
@@ -484,6 +529,9 @@ pub struct BenchArgs {
 
     #[command(flatten)]
     pub pool: PoolArgs,
+
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
 
     #[command(flatten)]
     pub bus: BusArgs,

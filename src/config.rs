@@ -267,6 +267,29 @@ mod tests {
     }
 
     #[test]
+    fn admission_flags_set_order_service() {
+        let (_dir, file) = file("waiting-after-ms = 500\n");
+
+        let serve = parse_with(
+            &file,
+            &["tiffin", "serve", "orders", "--max-waiting-orders", "0"],
+        );
+        let up = parse_with(&file, &["tiffin", "up"]);
+
+        let Cmd::Serve(serve) = serve.command else {
+            panic!("parsed as serve")
+        };
+        let Cmd::Up(up) = up.command else {
+            panic!("parsed as up")
+        };
+        let serve = serve.admission.settings();
+        let up = up.admission.settings();
+        assert_eq!(serve.max_waiting, None);
+        assert_eq!(serve.waiting_after, std::time::Duration::from_millis(500));
+        assert_eq!(up.max_waiting, Some(200));
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let (_dir, file) = file("orders = 40\n");
 

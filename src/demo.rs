@@ -63,7 +63,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         fault_exit_after_payment_step: args.fault_exit_after_payment_step,
         pool: args.pool.settings(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
-        admission: tiffin_orders::admission::AdmissionSettings::default(),
+        admission: args.admission.settings(),
     })
     .await?;
 
@@ -206,7 +206,7 @@ async fn run_in_process(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Demo
         fault_exit_after_payment_step: false,
         pool: args.pool.settings(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
-        admission: tiffin_orders::admission::AdmissionSettings::default(),
+        admission: args.admission.settings(),
     })
     .await?;
     let outcome = replay_and_report(&system, args).await;

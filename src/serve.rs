@@ -76,7 +76,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fault_exit_after_payment_step: false,
         pool: args.pool.settings(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
-        admission: tiffin_orders::admission::AdmissionSettings::default(),
+        admission: args.admission.settings(),
     };
 
     let shutdown = CancellationToken::new();
@@ -224,6 +224,7 @@ impl Cluster {
             "--log-format".into(),
             "json".into(),
         ];
+        common.extend(args.admission.to_args());
         if let Some(database) = &args.database {
             common.extend(["--database".to_owned(), database.clone()]);
         }

@@ -283,6 +283,7 @@ impl Target {
                 "--db-acquire-timeout".to_owned(),
                 args.pool.db_acquire_timeout.to_string(),
             ]);
+            argv.extend(args.admission.to_args());
             if let Some(database) = database {
                 argv.extend(["--database".to_owned(), database.to_owned()]);
             }
@@ -320,7 +321,7 @@ impl Target {
             fault_exit_after_payment_step: false,
             pool: args.pool.settings(),
             release_unclaimed_after: std::time::Duration::from_secs(60),
-            admission: tiffin_orders::admission::AdmissionSettings::default(),
+            admission: args.admission.settings(),
         })
         .await?;
         if let Err(error) = system.wait_ready(Duration::from_secs(120)).await {
