@@ -12,6 +12,9 @@
 //! kitchen's decision has not come back) that are older than a threshold. A few
 //! orders stuck for another reason, such as a dead-lettered event, do not stop
 //! the service.
+//!
+//! NOTE: only the kitchen's side is counted. A backlog further on, such as the
+//! notifications queue, is not seen until it slows the kitchen's side down too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
