@@ -138,8 +138,12 @@ impl OrderEventsHandler {
             );
         }
         let now = now_millis();
+        let keys: Vec<&str> = readies
+            .iter()
+            .map(|ready| ready.order_id.as_str())
+            .collect();
 
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_write_for(&keys).await?;
         let mut created = 0;
         for (event, ready) in events.iter().zip(&readies) {
             if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
@@ -199,7 +203,7 @@ impl OrderEventsHandler {
         let now = now_millis();
         let order_id = cancelled.order_id.as_str();
 
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_write_for(&[order_id]).await?;
         if !inbox::record(&mut tx, CONSUMER, &event.id).await? {
             tx.rollback().await?;
             tracing::trace!("event already handled");

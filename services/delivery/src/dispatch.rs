@@ -1,10 +1,11 @@
 //! Assigning couriers to deliveries.
 //!
-//! Assignment runs inside the caller's write transaction, which holds the
-//! database's write lock (`Database::begin_write`), so the free couriers it reads
-//! cannot change before it commits. Should another writer get in, the conditional
-//! updates in `storage` still reject a second claim of one courier, and the
-//! assignment moves on to the next candidate.
+//! Assignment runs inside the caller's write transaction. On PostgreSQL it locks
+//! the waiting deliveries and free couriers it reads (`FOR UPDATE SKIP LOCKED`),
+//! so assignments in other transactions, in this process or another replica, take
+//! other deliveries and couriers instead of waiting; a SQLite file has one writer.
+//! The conditional updates in `storage` still reject a second claim of one courier
+//! or delivery, and the assignment moves on to the next candidate.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -95,7 +95,8 @@ pub(crate) async fn insert_courier(
 }
 
 /// Lists up to `limit` free couriers, those nearest to `near` first, or those of
-/// the lowest ids when `near` is `None`.
+/// the lowest ids when `near` is `None`, and locks them on PostgreSQL, skipping
+/// those another assignment holds.
 ///
 /// The database orders by a flat-earth distance (longitude scaled by the cosine of
 /// the latitude). Within a city that ranks couriers as the great-circle distance
@@ -107,24 +108,28 @@ pub(crate) async fn nearest_free_couriers(
     limit: usize,
 ) -> Result<Vec<FreeCourier>, sqlx::Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let locks = skip_locked(tx);
     let query = match near {
         Some(at) => {
             let lon_scale = at.lat.to_radians().cos().powi(2);
-            sqlx::query(
+            let sql = format!(
                 "SELECT courier_id, lat, lon FROM couriers WHERE status = 'free' \
                  ORDER BY (lat - $1) * (lat - $1) + (lon - $2) * (lon - $2) * $3, courier_id \
-                 LIMIT $4",
-            )
-            .bind(at.lat)
-            .bind(at.lon)
-            .bind(lon_scale)
-            .bind(limit)
+                 LIMIT $4{locks}"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(at.lat)
+                .bind(at.lon)
+                .bind(lon_scale)
+                .bind(limit)
         }
-        None => sqlx::query(
-            "SELECT courier_id, lat, lon FROM couriers WHERE status = 'free' \
-             ORDER BY courier_id LIMIT $1",
-        )
-        .bind(limit),
+        None => {
+            let sql = format!(
+                "SELECT courier_id, lat, lon FROM couriers WHERE status = 'free' \
+                 ORDER BY courier_id LIMIT $1{locks}"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit)
+        }
     };
     let rows = query.fetch_all(&mut **tx).await?;
     rows.iter()
@@ -297,19 +302,35 @@ pub(crate) struct WaitingDelivery {
     pub(crate) courier_share_ms: i64,
 }
 
-/// Lists up to `limit` deliveries waiting for a courier, the longest waiting first.
+/// Returns the clause that locks the rows a query reads and passes over those
+/// that another transaction has locked: PostgreSQL's `FOR UPDATE SKIP LOCKED`, so
+/// concurrent assignments take different deliveries and couriers without waiting
+/// for each other. A SQLite file has one writer, which needs no row locks.
+fn skip_locked(tx: &Transaction<'_, Any>) -> &'static str {
+    // sqlx's name of the PostgreSQL backend (`<Postgres as Database>::NAME`).
+    if tx.backend_name() == "PostgreSQL" {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    }
+}
+
+/// Lists up to `limit` deliveries waiting for a courier, the longest waiting first,
+/// and locks them on PostgreSQL, skipping those another assignment holds.
 pub(crate) async fn oldest_waiting(
     tx: &mut Transaction<'_, Any>,
     limit: usize,
 ) -> anyhow::Result<Vec<WaitingDelivery>> {
-    let rows = sqlx::query(
+    let sql = format!(
         "SELECT order_id, restaurant_id, courier_share_ms FROM deliveries \
-         WHERE status = 'waiting' ORDER BY created_at, order_id LIMIT $1",
-    )
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(&mut **tx)
-    .await
-    .context("failed to read the waiting deliveries")?;
+         WHERE status = 'waiting' ORDER BY created_at, order_id LIMIT $1{}",
+        skip_locked(tx)
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut **tx)
+        .await
+        .context("failed to read the waiting deliveries")?;
     rows.iter()
         .map(|row| {
             let order_id: String = row.try_get("order_id")?;

@@ -130,7 +130,7 @@ impl DeliveryTimer {
     /// Marks deliveries picked up and writes an `order.picked_up` for each to the
     /// outbox, in one transaction. A delivery that is no longer assigned is skipped.
     async fn pick_up(&self, rides: &[DueRide]) -> anyhow::Result<()> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_write_for(&order_ids(rides)).await?;
         let now = now_millis();
         let mut events = Vec::with_capacity(rides.len());
         for ride in rides {
@@ -158,7 +158,7 @@ impl DeliveryTimer {
     /// writes an `order.delivered` for each to the outbox, in one transaction. A
     /// delivery that is no longer picked up is skipped.
     async fn hand_over(&self, rides: &[DueRide]) -> anyhow::Result<()> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_write_for(&order_ids(rides)).await?;
         let now = now_millis();
         let mut events = Vec::with_capacity(rides.len());
         for ride in rides {
@@ -211,7 +211,8 @@ impl DeliveryTimer {
         if !storage::assignable(self.db.pool()).await? {
             return Ok(0);
         }
-        let mut tx = self.db.begin_write().await?;
+        // No keys: the assignment locks the deliveries and couriers it takes.
+        let mut tx = self.db.begin_write_for(&[]).await?;
         let now = now_millis();
         let assignments = dispatch::assign_waiting(&mut tx, BATCH, now, self.time_scale).await?;
         tx.commit().await?;
@@ -220,6 +221,12 @@ impl DeliveryTimer {
         }
         Ok(assignments.len())
     }
+}
+
+/// Returns the write-lock keys of `rides`: their orders, which a cancellation
+/// locks too.
+fn order_ids(rides: &[DueRide]) -> Vec<&str> {
+    rides.iter().map(|ride| ride.order_id.as_str()).collect()
 }
 
 /// Continues the trace of the order's `order.ready`, or starts one for a delivery

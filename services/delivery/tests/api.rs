@@ -558,6 +558,35 @@ async fn ready_batch_assigns_oldest_once() {
     app.stop().await;
 }
 
+/// Builds `count` ready orders, alternately from `node-1` and `node-2`.
+fn ready_orders_of_two_restaurants(count: usize) -> Vec<Envelope> {
+    (0..count)
+        .map(|n| {
+            let restaurant = if n % 2 == 0 { "node-1" } else { "node-2" };
+            order_ready(&format!("order-{n}"), restaurant, Some(30))
+        })
+        .collect()
+}
+
+/// Checks that `orders` deliveries exist, each delivered and none doubled, that
+/// all `couriers` are free again and that nothing was dead-lettered.
+async fn assert_all_delivered_once(
+    app: &DeliveryApp,
+    fixture: &Fixture,
+    orders: i64,
+    couriers: i64,
+) {
+    let counts = app.stats.delivery_counts().await.expect("counts");
+    assert_eq!(counts.deliveries, orders);
+    assert_eq!(counts.orders_with_several_deliveries, 0);
+    assert_eq!(counts.by_status.get("delivered"), Some(&orders));
+    let fleet = app.stats.courier_counts().await.expect("counts");
+    assert_eq!(fleet.free, couriers);
+    assert_eq!(fleet.busy, 0);
+    let dead_letters = fixture.bus.dead_letters().await.expect("dead letters");
+    assert!(dead_letters.is_empty(), "dead letters: {dead_letters:?}");
+}
+
 #[tokio::test]
 async fn many_orders_each_delivered_once() {
     let fixture = Fixture::new().await;
@@ -566,12 +595,7 @@ async fn many_orders_each_delivered_once() {
     fixture.add_restaurant("node-1", CENTRE).await;
     fixture.add_restaurant("node-2", EAST).await;
     app.wait_for_couriers(5).await;
-    let orders: Vec<Envelope> = (0..60)
-        .map(|n| {
-            let restaurant = if n % 2 == 0 { "node-1" } else { "node-2" };
-            order_ready(&format!("order-{n}"), restaurant, Some(30))
-        })
-        .collect();
+    let orders = ready_orders_of_two_restaurants(60);
 
     fixture
         .bus
@@ -599,15 +623,7 @@ async fn many_orders_each_delivered_once() {
             order.subject
         );
     }
-    let counts = app.stats.delivery_counts().await.expect("counts");
-    assert_eq!(counts.deliveries, 60);
-    assert_eq!(counts.orders_with_several_deliveries, 0);
-    assert_eq!(counts.by_status.get("delivered"), Some(&60));
-    let couriers = app.stats.courier_counts().await.expect("counts");
-    assert_eq!(couriers.free, 5);
-    assert_eq!(couriers.busy, 0);
-    let dead_letters = fixture.bus.dead_letters().await.expect("dead letters");
-    assert!(dead_letters.is_empty(), "dead letters: {dead_letters:?}");
+    assert_all_delivered_once(&app, &fixture, 60, 5).await;
     app.stop().await;
 }
 
@@ -854,5 +870,48 @@ async fn postgres_order_is_delivered() {
     let couriers = app.couriers().await;
     assert_eq!(couriers["free"], 3);
     app.stop().await;
+    db.close().await;
+}
+
+/// Two replicas on one PostgreSQL database and one queue assign from the same
+/// fleet at the same time: every order is delivered once and no courier is left
+/// busy.
+#[tokio::test]
+async fn postgres_replicas_deliver_each_order_once() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let fixture = Fixture::new().await;
+    let mut stream = fixture.delivery_events().await;
+    let mut settings = fixture.settings(60_000.0, 5);
+    settings.database_url = db.url().to_owned();
+    let first = fixture.start(settings.clone()).await;
+    let second = fixture.start(settings).await;
+    fixture.add_restaurant("node-1", CENTRE).await;
+    fixture.add_restaurant("node-2", EAST).await;
+    first.wait_for_couriers(5).await;
+    let orders = ready_orders_of_two_restaurants(60);
+
+    fixture
+        .bus
+        .publish(&orders)
+        .await
+        .expect("publish succeeds");
+    let events = read_until(
+        &mut stream,
+        "order.delivered",
+        orders.len(),
+        EVENT_TIMEOUT * 3,
+    )
+    .await;
+
+    let delivered = events
+        .iter()
+        .filter(|event| event.event_type == "order.delivered")
+        .count();
+    assert_eq!(delivered, orders.len());
+    assert_all_delivered_once(&first, &fixture, 60, 5).await;
+    first.stop().await;
+    second.stop().await;
     db.close().await;
 }
