@@ -251,11 +251,13 @@ impl Database {
             Engine::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Engine::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                let locks = lock_ids(keys);
+                let locks = padded(lock_ids(keys));
                 if !locks.is_empty() {
                     // The target list is evaluated left to right, so the locks are
                     // taken in ascending order. The text depends only on the number
-                    // of keys, so sqlx prepares each shape once per connection.
+                    // of locks, padded to a power of two, so sqlx prepares a few
+                    // shapes per connection and keeps them among its cached
+                    // statements, where one shape per batch size would evict them.
                     let calls: Vec<String> = (1..=locks.len())
                         .map(|i| format!("pg_advisory_xact_lock({KEYED_LOCK_SPACE}, ${i}) IS NULL"))
                         .collect();
@@ -316,6 +318,15 @@ fn lock_ids(keys: &[&str]) -> Vec<i32> {
         .collect();
     ids.sort_unstable();
     ids.dedup();
+    ids
+}
+
+/// Repeats the last of `ids` until their number is a power of two. A transaction
+/// may take an advisory lock it already holds, so the repeats change nothing.
+fn padded(mut ids: Vec<i32>) -> Vec<i32> {
+    if let Some(&last) = ids.last() {
+        ids.resize(ids.len().next_power_of_two(), last);
+    }
     ids
 }
 
@@ -487,6 +498,14 @@ mod tests {
             lock_ids(&["a"]),
             vec![i32::from_ne_bytes(0xe40c_292c_u32.to_ne_bytes())]
         );
+    }
+
+    #[test]
+    fn padded_locks_repeat_the_last() {
+        assert_eq!(padded(Vec::new()), Vec::<i32>::new());
+        assert_eq!(padded(vec![1]), vec![1]);
+        assert_eq!(padded(vec![1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(padded((1..=5).collect()), vec![1, 2, 3, 4, 5, 5, 5, 5]);
     }
 
     #[test]

@@ -79,10 +79,14 @@ async fn shared_key_waits_and_other_keys_do_not() {
     };
     let db = open(&test_db).await;
 
-    let holder = db
-        .begin_write_for(&["order-1", "restaurant-7"])
-        .await
-        .expect("begin");
+    // Three keys: the lock statement repeats one of them, which must not block.
+    let holder = tokio::time::timeout(
+        Duration::from_secs(5),
+        db.begin_write_for(&["order-1", "restaurant-7", "customer-4"]),
+    )
+    .await
+    .expect("a repeated lock of the holder's own does not wait")
+    .expect("begin");
 
     let other = tokio::time::timeout(
         Duration::from_secs(5),
