@@ -133,8 +133,8 @@ pub struct AdmissionArgs {
     #[arg(long, default_value_t = 200)]
     pub max_waiting_orders: u64,
 
-    /// How long, in milliseconds, an order may wait for the kitchen's decision
-    /// before it counts against --max-waiting-orders.
+    /// Milliseconds an order may wait for the kitchen's decision before it counts
+    /// against --max-waiting-orders.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub waiting_after_ms: u64,
 }

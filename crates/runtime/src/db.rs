@@ -321,6 +321,15 @@ fn lock_ids(keys: &[&str]) -> Vec<i32> {
     ids
 }
 
+/// Returns `count` numbered placeholders from `$first` on, `$first, $first+1, ...`,
+/// for statements whose rows or `IN` lists vary in number.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Repeats the last of `ids` until their number is a power of two. A transaction
 /// may take an advisory lock it already holds, so the repeats change nothing.
 fn padded(mut ids: Vec<i32>) -> Vec<i32> {
@@ -498,6 +507,12 @@ mod tests {
             lock_ids(&["a"]),
             vec![i32::from_ne_bytes(0xe40c_292c_u32.to_ne_bytes())]
         );
+    }
+
+    #[test]
+    fn placeholders_count_from_first() {
+        assert_eq!(placeholders(1, 0), "");
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
     }
 
     #[test]

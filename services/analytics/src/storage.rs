@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tiffin_events::order::OrderStatusChanged;
-use tiffin_runtime::db::Database;
+use tiffin_runtime::db::{Database, placeholders};
 
 use crate::domain::{Distribution, EndingFigures, Funnel, OrderStatus, StatusCount, StatusFigures};
 
@@ -96,10 +96,7 @@ pub async fn record_status_changes(
 ) -> Result<(), sqlx::Error> {
     for chunk in changes.chunks(CHANGES_PER_INSERT) {
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let columns: Vec<String> = (1..=8).map(|c| format!("${}", i * 8 + c)).collect();
-                format!("({})", columns.join(", "))
-            })
+            .map(|i| format!("({})", placeholders(i * 8 + 1, 8)))
             .collect();
         let sql = format!(
             "INSERT INTO status_changes (order_id, status, stage, reason, restaurant_id, total_cents, \

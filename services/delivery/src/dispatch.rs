@@ -3,7 +3,7 @@
 //! Assignment runs inside the caller's write transaction. On PostgreSQL it locks
 //! the waiting deliveries and free couriers it reads (`FOR UPDATE SKIP LOCKED`),
 //! so assignments in other transactions, in this process or another replica, take
-//! other deliveries and couriers instead of waiting; a SQLite file has one writer.
+//! other deliveries and couriers instead of waiting. A SQLite file has one writer.
 //! The conditional updates in `storage` still reject a second claim of one courier
 //! or delivery, and the assignment moves on to the next candidate.
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
+use tiffin_runtime::db::placeholders;
 
 use crate::domain::{self, Ticket, TicketStatus};
 
@@ -261,11 +262,10 @@ pub(crate) async fn mark_ready(
     let mut updated = HashSet::with_capacity(ticket_ids.len());
     // One statement per timer batch, whose size is bounded by its read.
     for chunk in ticket_ids.chunks(500) {
-        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
             "UPDATE tickets SET status = 'ready', ready_at_actual = $1 \
              WHERE status = 'accepted' AND ticket_id IN ({}) RETURNING ticket_id",
-            placeholders.join(", ")
+            placeholders(2, chunk.len())
         );
         // Only placeholders are formatted in. The text varies with the batch's
         // size, so it is not kept as a prepared statement.

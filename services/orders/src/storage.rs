@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tiffin_events::menu::MenuItemUpserted;
-use tiffin_runtime::db::Database;
+use tiffin_runtime::db::{Database, placeholders};
 
 use crate::domain::{MenuItem, OrderStatus, PricedLine};
 
@@ -358,8 +358,8 @@ pub struct StatusEntry<'a> {
     pub reason: Option<&'a str>,
 }
 
-/// Appends timeline entries and returns the (order, status) pairs that were new;
-/// an order that already has an entry for a status keeps its first time.
+/// Appends timeline entries and returns the (order, status) pairs that were new.
+/// An order that already has an entry for a status keeps its first time.
 pub async fn record_statuses(
     tx: &mut Transaction<'_, Any>,
     entries: &[StatusEntry<'_>],
@@ -554,14 +554,6 @@ pub async fn set_statuses(
 /// How many rows one multi-row statement writes or reads at most, well inside
 /// both engines' limits on bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
-
-/// `$first, $first+1, ...`: `count` placeholders.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Counts the orders still `placed`, waiting for the kitchen's decision, that were
 /// created before `before` (Unix milliseconds).
