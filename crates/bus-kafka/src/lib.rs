@@ -297,9 +297,9 @@ impl Subscriber for KafkaBus {
         queue::open(self, spec)
             .await
             .map(|receiver| Box::new(receiver) as Box<dyn QueueReceiver>)
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })
     }
 
@@ -307,9 +307,9 @@ impl Subscriber for KafkaBus {
         stream::open(self, spec)
             .await
             .map(|receiver| Box::new(receiver) as Box<dyn StreamReceiver>)
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })
     }
 }

@@ -404,9 +404,9 @@ impl Subscriber for NatsBus {
     async fn queue(&self, spec: &QueueSpec) -> Result<Box<dyn QueueReceiver>, SubscribeError> {
         let receiver = queue::NatsQueue::open(self.inner.clone(), spec)
             .await
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })?;
         Ok(Box::new(receiver))
     }
@@ -414,9 +414,9 @@ impl Subscriber for NatsBus {
     async fn stream(&self, spec: &StreamSpec) -> Result<Box<dyn StreamReceiver>, SubscribeError> {
         let reader = stream::NatsStream::open(self.inner.clone(), spec)
             .await
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })?;
         Ok(Box::new(reader))
     }

@@ -539,9 +539,9 @@ impl Subscriber for RabbitBus {
     async fn queue(&self, spec: &QueueSpec) -> Result<Box<dyn QueueReceiver>, SubscribeError> {
         let receiver = queue::RabbitQueue::open(self.shared.clone(), spec)
             .await
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })?;
         Ok(Box::new(receiver))
     }
@@ -549,9 +549,9 @@ impl Subscriber for RabbitBus {
     async fn stream(&self, spec: &StreamSpec) -> Result<Box<dyn StreamReceiver>, SubscribeError> {
         let receiver = stream::RabbitStream::open(self.shared.clone(), spec)
             .await
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })?;
         Ok(Box::new(receiver))
     }

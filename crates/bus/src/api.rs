@@ -217,31 +217,34 @@ pub trait StreamReceiver: Send + Debug {
     async fn dead_letter(&mut self, message: &StreamMessage, reason: &str) -> Result<(), AckError>;
 }
 
+// The bus errors print their cause in their own message, because they are logged
+// with `%error`, and so they do not also report it as `source()`: a chain printed
+// with `{:#}` would name every cause twice.
+
 /// Publishing failed.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to publish: {0}")]
-pub struct PublishError(#[source] pub anyhow::Error);
+#[error("failed to publish: {0:#}")]
+pub struct PublishError(pub anyhow::Error);
 
 /// Subscribing failed.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to subscribe group {group}: {source}")]
+#[error("failed to subscribe group {group}: {cause:#}")]
 pub struct SubscribeError {
     /// The consumer group.
     pub group: String,
     /// The cause.
-    #[source]
-    pub source: anyhow::Error,
+    pub cause: anyhow::Error,
 }
 
 /// Receiving failed.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to receive: {0}")]
-pub struct ReceiveError(#[source] pub anyhow::Error);
+#[error("failed to receive: {0:#}")]
+pub struct ReceiveError(pub anyhow::Error);
 
 /// Acking, nacking, dead-lettering or committing failed.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to settle message: {0}")]
-pub struct AckError(#[source] pub anyhow::Error);
+#[error("failed to settle message: {0:#}")]
+pub struct AckError(pub anyhow::Error);
 
 /// Returns true when `event_type` matches one of `patterns`. A pattern ending in
 /// `*` matches any type starting with what precedes the `*`.
@@ -266,5 +269,25 @@ mod tests {
         assert!(matches_any(&patterns, "menu.item.upserted"));
         assert!(!matches_any(&patterns, "menu.item.deleted"));
         assert!(!matches_any(&patterns, "orders"));
+    }
+
+    #[test]
+    fn errors_name_each_cause_once() {
+        let cause =
+            anyhow::anyhow!("connection refused").context("failed to declare queue kitchen");
+        let subscribe = anyhow::Error::from(SubscribeError {
+            group: "kitchen".to_owned(),
+            cause,
+        });
+        let receive = ReceiveError(anyhow::anyhow!("channel closed").context("consume kitchen"));
+
+        assert_eq!(
+            format!("{subscribe:#}"),
+            "failed to subscribe group kitchen: failed to declare queue kitchen: connection refused"
+        );
+        assert_eq!(
+            receive.to_string(),
+            "failed to receive: consume kitchen: channel closed"
+        );
     }
 }

@@ -283,9 +283,9 @@ impl Subscriber for EmbeddedBus {
     async fn queue(&self, spec: &QueueSpec) -> Result<Box<dyn QueueReceiver>, SubscribeError> {
         self.declare_queue(spec)
             .await
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })?;
         Ok(Box::new(queue::EmbeddedQueue::new(self.clone(), spec)))
     }
@@ -293,9 +293,9 @@ impl Subscriber for EmbeddedBus {
     async fn stream(&self, spec: &StreamSpec) -> Result<Box<dyn StreamReceiver>, SubscribeError> {
         let receiver = stream::EmbeddedStream::open(self.clone(), spec)
             .await
-            .map_err(|source| SubscribeError {
+            .map_err(|cause| SubscribeError {
                 group: spec.group.clone(),
-                source,
+                cause,
             })?;
         Ok(Box::new(receiver))
     }
