@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use tiffin_runtime::CancellationToken;
 use tiffin_runtime::time::{now_millis, rfc3339};
 
-use crate::api::{Bus, QueueSpec, StartPosition, StreamSpec};
+use crate::api::{Bus, QueueMessage, QueueSpec, StartPosition, StreamSpec};
 use crate::consumer::{Handler, HandlerError, RetryPolicy, run_queue};
 use crate::envelope::Envelope;
 
@@ -55,6 +55,10 @@ pub enum Case {
     NackRedelivers,
     /// [`unacked_message_is_redelivered`]
     UnackedMessageIsRedelivered,
+    /// [`later_ack_keeps_earlier_message`]
+    LaterAckKeepsEarlierMessage,
+    /// [`acks_in_any_order_settle_every_message`]
+    AcksInAnyOrderSettleEveryMessage,
     /// [`poison_message_is_dead_lettered`]
     PoisonMessageIsDeadLettered,
     /// [`stream_keeps_per_key_order`]
@@ -67,11 +71,13 @@ pub enum Case {
 
 impl Case {
     /// Every case, in the order [`run_all`] runs them.
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 10] = [
         Case::PublishReachesEveryGroup,
         Case::CompetingMembersShareTheQueue,
         Case::NackRedelivers,
         Case::UnackedMessageIsRedelivered,
+        Case::LaterAckKeepsEarlierMessage,
+        Case::AcksInAnyOrderSettleEveryMessage,
         Case::PoisonMessageIsDeadLettered,
         Case::StreamKeepsPerKeyOrder,
         Case::StreamReplaysFromStartOffsetAndTime,
@@ -87,6 +93,12 @@ pub async fn run_case(case: Case, connector: &dyn Connector, features: Features)
         Case::NackRedelivers => nack_redelivers(connector, features).await,
         Case::UnackedMessageIsRedelivered => {
             unacked_message_is_redelivered(connector, features).await;
+        }
+        Case::LaterAckKeepsEarlierMessage => {
+            later_ack_keeps_earlier_message(connector, features).await;
+        }
+        Case::AcksInAnyOrderSettleEveryMessage => {
+            acks_in_any_order_settle_every_message(connector).await;
         }
         Case::PoisonMessageIsDeadLettered => poison_message_is_dead_lettered(connector).await,
         Case::StreamKeepsPerKeyOrder => stream_keeps_per_key_order(connector).await,
@@ -116,6 +128,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $run, competing_members_share_the_queue, CompetingMembersShareTheQueue);
         $crate::conformance_tests!(@case $run, nack_redelivers, NackRedelivers);
         $crate::conformance_tests!(@case $run, unacked_message_is_redelivered, UnackedMessageIsRedelivered);
+        $crate::conformance_tests!(@case $run, later_ack_keeps_earlier_message, LaterAckKeepsEarlierMessage);
+        $crate::conformance_tests!(@case $run, acks_in_any_order_settle_every_message, AcksInAnyOrderSettleEveryMessage);
         $crate::conformance_tests!(@case $run, poison_message_is_dead_lettered, PoisonMessageIsDeadLettered);
         $crate::conformance_tests!(@case $run, stream_keeps_per_key_order, StreamKeepsPerKeyOrder);
         $crate::conformance_tests!(@case $run, stream_replays_from_start_offset_and_time, StreamReplaysFromStartOffsetAndTime);
@@ -327,6 +341,98 @@ pub async fn unacked_message_is_redelivered(connector: &dyn Connector, features:
         );
     }
     again.into_iter().next().unwrap().ack().await.expect("ack");
+}
+
+/// Fetches until `count` messages are held or 10 s passed, without settling them.
+async fn take(
+    receiver: &mut Box<dyn crate::api::QueueReceiver>,
+    count: usize,
+) -> Vec<QueueMessage> {
+    let mut held = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held.len() < count && tokio::time::Instant::now() < deadline {
+        let batch = receiver
+            .fetch(count - held.len(), Duration::from_millis(500))
+            .await
+            .expect("fetch");
+        held.extend(batch);
+    }
+    assert_eq!(held.len(), count, "every published message arrived");
+    held
+}
+
+/// Checks that acking later deliveries does not settle an earlier one still being
+/// handled: a backend that batches acks (a cumulative ack, a committed offset) must
+/// not let them cover it. The unsettled message reaches the next member; the acked
+/// ones may come back too, since redelivery is allowed.
+pub async fn later_ack_keeps_earlier_message(connector: &dyn Connector, features: Features) {
+    let names = Names::new();
+    let bus = connector.connect().await;
+    let mut queue = bus.queue(&names.queue("kitchen")).await.expect("subscribe");
+    let events: Vec<Envelope> = (1..=3).map(|n| names.event("k", n)).collect();
+    bus.publish(&events).await.expect("publish");
+    let mut taken = take(&mut queue, 3).await;
+    let first = taken.remove(0);
+    let unsettled = number(&first.envelope);
+    for message in taken.into_iter().rev() {
+        message.ack().await.expect("ack");
+    }
+
+    drop(first);
+    drop(queue);
+    drop(bus);
+    let wait = if features.redelivers_after_member_loss {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(5)
+    };
+    let bus = connector.connect().await;
+    let mut queue = bus.queue(&names.queue("kitchen")).await.expect("subscribe");
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while !again.contains(&unsettled) && tokio::time::Instant::now() < deadline {
+        for message in queue
+            .fetch(3, Duration::from_millis(500))
+            .await
+            .expect("fetch")
+        {
+            again.push(number(&message.envelope));
+            message.ack().await.expect("ack");
+        }
+    }
+
+    assert!(
+        again.contains(&unsettled),
+        "message {unsettled} was never settled and must come back, got {again:?}"
+    );
+    assert!(again.iter().all(|n| (1..=3).contains(n)), "got {again:?}");
+}
+
+/// Checks that messages acked in the reverse of their delivery order are all gone:
+/// a backend that holds an ack back until earlier deliveries settle must send it
+/// once they do.
+pub async fn acks_in_any_order_settle_every_message(connector: &dyn Connector) {
+    let names = Names::new();
+    let bus = connector.connect().await;
+    let mut queue = bus.queue(&names.queue("kitchen")).await.expect("subscribe");
+    let events: Vec<Envelope> = (1..=4).map(|n| names.event("k", n)).collect();
+    bus.publish(&events).await.expect("publish");
+    for message in take(&mut queue, 4).await.into_iter().rev() {
+        message.ack().await.expect("ack");
+    }
+    // Acks travel asynchronously on some backends; let them reach the engine
+    // before the connection goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    drop(queue);
+    drop(bus);
+    let bus = connector.connect().await;
+    let mut queue = bus.queue(&names.queue("kitchen")).await.expect("subscribe");
+    // Longer than the 2 s lease, after which an unacked message would come back.
+    let again = queue.fetch(4, Duration::from_secs(3)).await.expect("fetch");
+
+    let numbers: Vec<u32> = again.iter().map(|m| number(&m.envelope)).collect();
+    assert!(numbers.is_empty(), "acked messages came back: {numbers:?}");
 }
 
 struct Recorder {
