@@ -204,12 +204,10 @@ pub async fn place_order(
         return Err(declined(&reason));
     }
 
-    let order = storage::find_order(&state.db, &order_id)
-        .await
-        .map_err(internal_error)?
-        .ok_or_else(|| internal_error(anyhow::anyhow!("order {order_id} vanished after commit")))?;
+    // The response shows the order as committed. The lifecycle may have moved it
+    // on since, which a GET shows.
     Ok(Placed {
-        order,
+        order: new_order.record(),
         replayed: false,
     })
 }

@@ -96,6 +96,32 @@ pub struct NewOrder<'a> {
     pub now: i64,
 }
 
+impl NewOrder<'_> {
+    /// Returns the order as [`insert_order`] stores it, so that a placement can
+    /// respond without reading it back.
+    pub fn record(&self) -> OrderRecord {
+        OrderRecord {
+            id: self.id.to_owned(),
+            customer_id: self.customer_id.to_owned(),
+            restaurant_id: self.restaurant_id.to_owned(),
+            status: self.status,
+            total_cents: self.total_cents,
+            currency: self.currency.to_owned(),
+            payment_id: self.payment_id.to_owned(),
+            lines: self.lines.to_vec(),
+            delivery_address: self.address.clone(),
+            timeline: vec![TimelineEntry {
+                status: self.status,
+                at: self.now,
+                reason: self.reason.map(str::to_owned),
+            }],
+            created_at: self.now,
+            updated_at: self.now,
+            replay_delivery_minutes: self.replay_delivery_minutes,
+        }
+    }
+}
+
 /// Looks up an idempotency key: the order it created and the request hash.
 pub async fn find_idempotency_key(
     db: &Database,

@@ -100,6 +100,11 @@ async fn check_order_lines(db: &Database) {
     assert_eq!(stored.lines, lines);
     assert_eq!(stored.status, OrderStatus::Placed);
     assert_eq!(stored.replay_delivery_minutes, Some(31));
+    // The placement responds with `record` instead of reading the order back.
+    assert_eq!(
+        serde_json::to_value(order.record()).expect("serializes"),
+        serde_json::to_value(&stored).expect("serializes"),
+    );
 }
 
 #[tokio::test]
