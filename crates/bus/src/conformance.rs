@@ -309,6 +309,15 @@ pub async fn nack_redelivers(connector: &dyn Connector, features: Features) {
     later.into_iter().next().unwrap().ack().await.expect("ack");
 }
 
+/// How long a new member waits for a message whose member went away unsettled.
+fn redelivery_wait(features: Features) -> Duration {
+    if features.redelivers_after_member_loss {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(5)
+    }
+}
+
 /// Checks that a message whose member dies before acking reaches a member that
 /// reconnects.
 pub async fn unacked_message_is_redelivered(connector: &dyn Connector, features: Features) {
@@ -322,11 +331,7 @@ pub async fn unacked_message_is_redelivered(connector: &dyn Connector, features:
     drop(taken);
     drop(queue);
     drop(bus);
-    let wait = if features.redelivers_after_member_loss {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(5)
-    };
+    let wait = redelivery_wait(features);
     let bus = connector.connect().await;
     let mut queue = bus.queue(&names.queue("kitchen")).await.expect("subscribe");
     let again = queue.fetch(1, wait).await.expect("fetch");
@@ -381,11 +386,7 @@ pub async fn later_ack_keeps_earlier_message(connector: &dyn Connector, features
     drop(first);
     drop(queue);
     drop(bus);
-    let wait = if features.redelivers_after_member_loss {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(5)
-    };
+    let wait = redelivery_wait(features);
     let bus = connector.connect().await;
     let mut queue = bus.queue(&names.queue("kitchen")).await.expect("subscribe");
     let mut again = Vec::new();
