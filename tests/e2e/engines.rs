@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crate::brokers::{Distributed, RABBITMQ, Vhost, engine_available, replay_and_audit};
 use crate::helpers::{TestSystem, count_rows};
-use crate::postgres::{POSTGRES, admin, drop_databases};
+use crate::postgres::{POSTGRES, TestDatabases, admin};
 
 const KAFKA_HINT: &str = "tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/";
 
-/// A Kafka topic for one test, deleted at the end.
+/// A Kafka topic for one test, deleted on drop, also when the test fails.
 struct KafkaTopic(tiffin_bus_kafka::KafkaOptions);
 
 impl KafkaTopic {
@@ -24,11 +24,28 @@ impl KafkaTopic {
     fn url(&self) -> String {
         format!("kafka://127.0.0.1:9092?topic={}", self.0.topic)
     }
+}
 
-    async fn delete(&self) {
-        if let Ok(bus) = tiffin_bus_kafka::connect("127.0.0.1:9092", self.0.clone()).await {
-            let _ = bus.delete_topics().await;
-        }
+impl Drop for KafkaTopic {
+    fn drop(&mut self) {
+        // Drop cannot await, so the deletion runs on a thread with a runtime of its
+        // own. A failure is ignored: the name is unique to the test, so a topic left
+        // behind disturbs no other test.
+        let options = self.0.clone();
+        let deleted = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(bus) = tiffin_bus_kafka::connect("127.0.0.1:9092", options).await {
+                    let _ = bus.delete_topics().await;
+                }
+            });
+        });
+        let _ = deleted.join();
     }
 }
 
@@ -53,7 +70,6 @@ async fn queues_on_rabbitmq_stream_on_kafka() {
 
     replay_and_audit(&system).await;
     system.stop().await;
-    topic.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -71,14 +87,13 @@ async fn whole_system_on_kafka() {
 
     replay_and_audit(&system).await;
     system.stop().await;
-    topic.delete().await;
 }
 
-/// Returns the base URL of fresh per-service databases and an admin connection
-/// when PostgreSQL and RabbitMQ are both reachable. Otherwise prints why the test
-/// is skipped and returns `None`; under CI a missing engine fails the test instead.
-async fn postgres_and_rabbitmq() -> Option<(String, sqlx::postgres::PgConnection)> {
-    let (server, admin) = match admin().await {
+/// Returns fresh per-service databases when PostgreSQL and RabbitMQ are both
+/// reachable. Otherwise prints why the test is skipped and returns `None`; under
+/// CI a missing engine fails the test instead.
+async fn postgres_and_rabbitmq() -> Option<TestDatabases> {
+    let (server, _admin) = match admin().await {
         Ok(found) => found,
         Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
             panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
@@ -91,8 +106,7 @@ async fn postgres_and_rabbitmq() -> Option<(String, sqlx::postgres::PgConnection
     if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
         return None;
     }
-    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
-    Some((tiffin_runtime::db::with_database(&server, &prefix), admin))
+    Some(TestDatabases::new(&server))
 }
 
 /// Restarts the machine's PostgreSQL cluster, the way `.ci/run` started it.
@@ -120,9 +134,10 @@ fn restart_postgres() -> Result<(), String> {
 async fn distributed_survives_postgres_restart() {
     let _exclusive = POSTGRES.write().await;
     let _shared = RABBITMQ.read().await;
-    let Some((base, admin)) = postgres_and_rabbitmq().await else {
+    let Some(test_databases) = postgres_and_rabbitmq().await else {
         return;
     };
+    let base = test_databases.base_url();
     let vhost = Vhost::create();
     let dir = tempfile::tempdir().unwrap();
     let system = Distributed::start(
@@ -132,12 +147,10 @@ async fn distributed_survives_postgres_restart() {
         "pg-restart@test.tiffin.dev",
     )
     .await;
-    let databases = system.cluster.databases().clone();
     let mut orders = system.place(10, "before").await;
 
     if let Err(reason) = restart_postgres() {
         system.cluster.stop().await;
-        drop(admin);
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "cannot restart PostgreSQL: {reason}"
@@ -145,23 +158,19 @@ async fn distributed_survives_postgres_restart() {
         eprintln!("skipped: cannot restart PostgreSQL: {reason}");
         return;
     }
-    // The restart closed every connection, the admin one too.
-    drop(admin);
     tokio::time::sleep(Duration::from_secs(1)).await;
     orders.extend(system.place(10, "after").await);
     system.finish(&orders, "the PostgreSQL restart").await;
-
-    let (_, mut admin) = crate::postgres::admin().await.expect("PostgreSQL is back");
-    drop_databases(&mut admin, &databases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_replicas_double_nothing() {
     let _shared = POSTGRES.read().await;
     let _rabbitmq = RABBITMQ.read().await;
-    let Some((base, mut admin)) = postgres_and_rabbitmq().await else {
+    let Some(test_databases) = postgres_and_rabbitmq().await else {
         return;
     };
+    let base = test_databases.base_url();
     let vhost = Vhost::create();
     let dir = tempfile::tempdir().unwrap();
     let mut system = Distributed::start(
@@ -206,7 +215,6 @@ async fn distributed_replicas_double_nothing() {
         "SELECT COUNT(*) FROM order_facts",
     )
     .await;
-    drop_databases(&mut admin, &databases).await;
 
     assert_eq!(tickets, 20, "one ticket per order");
     assert_eq!(deliveries, 20, "one delivery per order");

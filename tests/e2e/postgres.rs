@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor};
 use tiffin::load::{self, LoadSettings};
 use tiffin::report;
-use tiffin::system::{Databases, SERVICES};
+use tiffin::system::SERVICES;
 
 use crate::helpers::TestSystem;
 
@@ -27,18 +27,69 @@ pub(crate) static POSTGRES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const
 pub(crate) async fn admin() -> Result<(String, PgConnection), String> {
     let server =
         std::env::var("TIFFIN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned());
-    let options = PgConnectOptions::from_str(&server).map_err(|error| error.to_string())?;
+    let conn = admin_at(&server).await?;
+    Ok((server, conn))
+}
+
+async fn admin_at(server: &str) -> Result<PgConnection, String> {
+    let options = PgConnectOptions::from_str(server).map_err(|error| error.to_string())?;
     match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options)).await {
-        Ok(Ok(conn)) => Ok((server, conn)),
+        Ok(Ok(conn)) => Ok(conn),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("no answer within 5 s".to_owned()),
     }
 }
 
-/// Drops the system's databases, closing connections still open to them.
-pub(crate) async fn drop_databases(conn: &mut PgConnection, databases: &Databases) {
-    let Databases::Postgres { prefix, .. } = databases else {
-        return;
+/// The per-service databases of one test, `<prefix>_<service>` on `server`, dropped
+/// with their open connections when the guard goes, so that a test that fails
+/// leaves none behind.
+pub(crate) struct TestDatabases {
+    server: String,
+    prefix: String,
+}
+
+impl TestDatabases {
+    pub(crate) fn new(server: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            prefix: format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple()),
+        }
+    }
+
+    /// Returns the URL the system names its databases after.
+    pub(crate) fn base_url(&self) -> String {
+        tiffin_runtime::db::with_database(&self.server, &self.prefix)
+    }
+}
+
+impl Drop for TestDatabases {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be the current-thread kind
+        // or already unwinding, so the clean-up runs on a thread with its own.
+        let (server, prefix) = (self.server.clone(), self.prefix.clone());
+        let cleanup =
+            std::thread::spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(drop_databases(&server, &prefix)),
+                    Err(error) => eprintln!("failed to drop the databases {prefix}_*: {error}"),
+                }
+            });
+        if cleanup.join().is_err() {
+            eprintln!("failed to drop the databases {}_*", self.prefix);
+        }
+    }
+}
+
+async fn drop_databases(server: &str, prefix: &str) {
+    let mut conn = match admin_at(server).await {
+        Ok(conn) => conn,
+        Err(reason) => {
+            eprintln!("failed to drop the databases {prefix}_*: {reason}");
+            return;
+        }
     };
     for service in SERVICES {
         let statement = format!("DROP DATABASE IF EXISTS \"{prefix}_{service}\" WITH (FORCE)");
@@ -51,7 +102,7 @@ pub(crate) async fn drop_databases(conn: &mut PgConnection, databases: &Database
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_orders_audit_clean_on_postgres() {
     let _shared = POSTGRES.read().await;
-    let (server, mut admin) = match admin().await {
+    let (server, _admin) = match admin().await {
         Ok(found) => found,
         Err(reason) if std::env::var("CI").is_ok_and(|value| value == "true") => {
             panic!("PostgreSQL is required on CI: {reason}; .ci/run starts it")
@@ -61,8 +112,8 @@ async fn thirty_orders_audit_clean_on_postgres() {
             return;
         }
     };
-    let prefix = format!("tiffin_e2e_{}", uuid::Uuid::now_v7().simple());
-    let base = tiffin_runtime::db::with_database(&server, &prefix);
+    let test_databases = TestDatabases::new(&server);
+    let base = test_databases.base_url();
     let system = TestSystem::start_with(|settings| settings.database = Some(base.clone())).await;
     let databases = system.system.databases().clone();
 
@@ -95,9 +146,8 @@ async fn thirty_orders_audit_clean_on_postgres() {
     }
     let audit = tiffin::audit::audit(&databases, 30_000).await;
 
-    // Clean up before asserting, so that a failure leaves no databases behind.
     system.stop().await;
-    drop_databases(&mut admin, &databases).await;
+    drop(test_databases);
 
     assert_eq!(summary.placed, 30, "load summary: {summary}");
     assert_eq!(summary.failed_total(), 0, "load summary: {summary}");
