@@ -57,6 +57,10 @@ pub struct Figures {
     pub own_prefix: String,
     /// Peak resident memory of each of the implementation's processes.
     pub peak_rss_bytes: BTreeMap<String, u64>,
+    /// The highest sum of the processes' proportional set sizes, sampled each
+    /// second during the load: their memory together, with the pages they share
+    /// (the binary's code) counted once. 0 when not measured.
+    pub peak_pss_total_bytes: u64,
 }
 
 impl Figures {
@@ -151,6 +155,13 @@ impl std::fmt::Display for Figures {
                     .map(|(name, bytes)| format!("{name} {:.1} MB", *bytes as f64 / 1e6))
                     .collect::<Vec<_>>()
                     .join(", ")
+            )?;
+        }
+        if self.peak_pss_total_bytes > 0 {
+            writeln!(
+                f,
+                "memory       {:.1} MB together at the peak (proportional set sizes: shared pages such as the binary's code counted once)",
+                self.peak_pss_total_bytes as f64 / 1e6
             )?;
         }
         Ok(())
@@ -476,7 +487,11 @@ async fn measure(
     let own = target.processes();
     let started_ms = tiffin_runtime::time::now_millis();
     let before = procs::Snapshot::take();
-    let wrk = load.run().await?;
+    let sampler =
+        procs::MemorySampler::start(own.keys().copied().collect(), Duration::from_secs(1));
+    let wrk = load.run().await;
+    let peak_pss_total_bytes = sampler.stop();
+    let wrk = wrk?;
     let after = procs::Snapshot::take();
     let peak_rss_bytes = own
         .iter()
@@ -531,6 +546,7 @@ async fn measure(
         cpu_drained_s,
         own_prefix: "tiffin".to_owned(),
         peak_rss_bytes,
+        peak_pss_total_bytes,
     })
 }
 

@@ -1,6 +1,10 @@
 //! CPU time and peak memory of the processes on this machine, from `/proc`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// CPU ticks (user plus system) of every process at one moment.
 #[derive(Debug, Clone, Default)]
@@ -125,6 +129,64 @@ pub fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// Returns the proportional set size of `pid` in bytes (`Pss` of
+/// `/proc/PID/smaps_rollup`), or 0 when it has exited. A page shared by several
+/// processes, such as the code of the binary they all run, counts in each as its
+/// share, so the sizes of processes add up to the memory they use together.
+pub fn proportional_set(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|rollup| {
+            rollup
+                .lines()
+                .find_map(|line| line.strip_prefix("Pss:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Samples the summed proportional set size of some processes on a thread of its
+/// own, because the kernel keeps a peak only of each process's resident size,
+/// which counts shared pages in every process.
+#[derive(Debug)]
+pub struct MemorySampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl MemorySampler {
+    /// Starts sampling `pids` every `interval`.
+    pub fn start(pids: Vec<u32>, interval: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                let total = pids.iter().map(|pid| proportional_set(*pid)).sum();
+                peak = u64::max(peak, total);
+                if stopped.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(interval);
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Takes a last sample and returns the highest sum in bytes.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +223,26 @@ mod tests {
     #[test]
     fn peak_rss_of_self_is_positive() {
         assert!(peak_rss(std::process::id()) > 0);
+    }
+
+    #[test]
+    fn proportional_set_within_resident_size() {
+        let pid = std::process::id();
+
+        let proportional = proportional_set(pid);
+
+        assert!(proportional > 0);
+        assert!(proportional <= peak_rss(pid));
+    }
+
+    #[test]
+    fn sampler_sums_its_processes() {
+        let pid = std::process::id();
+        let sampler = MemorySampler::start(vec![pid, pid], Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(50));
+
+        let peak = sampler.stop();
+
+        assert!(peak > proportional_set(pid), "{peak}");
     }
 }

@@ -122,5 +122,6 @@ pub(super) async fn run(
         cpu_drained_s: BTreeMap::new(),
         own_prefix: "node ".to_owned(),
         peak_rss_bytes: BTreeMap::new(),
+        peak_pss_total_bytes: 0,
     })
 }
