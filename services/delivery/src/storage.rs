@@ -116,7 +116,9 @@ const SQUARES: usize = 3;
 /// the index of free couriers by latitude. Every courier outside the square is
 /// farther from its centre than half its side, so a full list whose farthest member
 /// is within that distance is what ranking the whole fleet would return. Otherwise
-/// the search widens the square.
+/// the search widens the square. On PostgreSQL the couriers a narrower square
+/// returned stay locked until the transaction ends, so concurrent assignments skip
+/// up to a few dozen couriers for that long.
 pub(crate) async fn nearest_free_couriers(
     tx: &mut Transaction<'_, Any>,
     near: Option<Position>,
