@@ -181,6 +181,9 @@ impl Service {
     }
 }
 
+/// How many seed events are built and queued at a time.
+const SEED_EVENTS_PER_CHUNK: usize = 500;
+
 /// Stores the seed catalog's missing rows and queues an event per new menu item, all
 /// in one transaction.
 async fn seed_database(db: &Database) -> anyhow::Result<()> {
@@ -205,11 +208,20 @@ async fn seed_database(db: &Database) -> anyhow::Result<()> {
     let new_items = storage::insert_menu_items(&mut tx, &items)
         .await
         .context("failed to store the seed menu items")?;
-    let mut events = restaurant_events(&catalog, &new_restaurants);
-    events.extend(upserted_events(&catalog, &new_items));
-    tiffin_bus::outbox::enqueue_many(&mut tx, &events)
-        .await
-        .context("failed to queue the seed events")?;
+    // All events of one seed belong to one operation, hence one trace. They are
+    // built and queued a chunk at a time: built all at once, the 14,700 envelopes
+    // left about 20 MB with the allocator for the life of the process.
+    let trace = TraceContext::new_root();
+    for ids in new_restaurants.chunks(SEED_EVENTS_PER_CHUNK) {
+        tiffin_bus::outbox::enqueue_many(&mut tx, &restaurant_events(&catalog, ids, trace))
+            .await
+            .context("failed to queue the seed events")?;
+    }
+    for ids in new_items.chunks(SEED_EVENTS_PER_CHUNK) {
+        tiffin_bus::outbox::enqueue_many(&mut tx, &upserted_events(&catalog, ids, trace))
+            .await
+            .context("failed to queue the seed events")?;
+    }
     tx.commit()
         .await
         .context("failed to commit the seed transaction")?;
@@ -230,12 +242,15 @@ async fn seed_database(db: &Database) -> anyhow::Result<()> {
 
 /// Builds one `restaurant.upserted` event per restaurant of `catalog` whose id is in
 /// `new_restaurants`, in catalog order.
-fn restaurant_events(catalog: &[SeedRestaurant], new_restaurants: &[String]) -> Vec<Envelope> {
+fn restaurant_events(
+    catalog: &[SeedRestaurant],
+    new_restaurants: &[String],
+    trace: TraceContext,
+) -> Vec<Envelope> {
     let new_restaurants = new_restaurants
         .iter()
         .map(String::as_str)
         .collect::<std::collections::HashSet<_>>();
-    let trace = TraceContext::new_root();
     catalog
         .iter()
         .map(|entry| &entry.restaurant)
@@ -257,13 +272,15 @@ fn restaurant_events(catalog: &[SeedRestaurant], new_restaurants: &[String]) -> 
 
 /// Builds one `menu.item.upserted` event per item of `catalog` whose id is in
 /// `new_items`, in catalog order.
-fn upserted_events(catalog: &[SeedRestaurant], new_items: &[String]) -> Vec<Envelope> {
+fn upserted_events(
+    catalog: &[SeedRestaurant],
+    new_items: &[String],
+    trace: TraceContext,
+) -> Vec<Envelope> {
     let new_items = new_items
         .iter()
         .map(String::as_str)
         .collect::<std::collections::HashSet<_>>();
-    // All events of one seed belong to one operation, hence one trace.
-    let trace = TraceContext::new_root();
     catalog
         .iter()
         .flat_map(|entry| entry.menu.iter().map(move |item| (&entry.restaurant, item)))
