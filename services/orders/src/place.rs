@@ -66,7 +66,7 @@ pub async fn place_order(
     let menu = storage::menu_items(&state.db, &ids)
         .await
         .map_err(internal_error)?;
-    // An ordered item of the restaurant already shows that the replica knows it,
+    // An ordered item of the restaurant already shows that the replica contains it,
     // which saves a statement on every valid order.
     let known = menu
         .values()
