@@ -111,22 +111,20 @@ fn engine(name: &str) -> &'static str {
 /// Returns the peak resident memory of `pid` in bytes (`VmHWM`), or 0 when it has
 /// exited.
 pub fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    kib_field(&format!("/proc/{pid}/status"), "VmHWM:") * 1024
+}
+
+/// Reads the value of the line starting with `key` in `path`, a `/proc` file of
+/// lines such as `VmHWM:   1234 kB`, or 0 when the file or the line is missing.
+fn kib_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|value| {
-                    value
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         })
-        .map_or(0, |kib| kib * 1024)
+        .unwrap_or(0)
 }
 
 /// Returns the proportional set size of `pid` in bytes (`Pss` of
@@ -134,22 +132,7 @@ pub fn peak_rss(pid: u32) -> u64 {
 /// processes, such as the code of the binary they all run, counts in each as its
 /// share, so the sizes of processes add up to the memory they use together.
 pub fn proportional_set(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|rollup| {
-            rollup
-                .lines()
-                .find_map(|line| line.strip_prefix("Pss:"))
-                .and_then(|value| {
-                    value
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-        })
-        .map_or(0, |kib| kib * 1024)
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:") * 1024
 }
 
 /// Samples the summed proportional set size of some processes on a thread of its
