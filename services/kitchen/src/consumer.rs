@@ -206,7 +206,13 @@ impl OrderHandler {
         let mut stock_taken = BTreeMap::new();
         let announcement = match decision {
             Decision::Accept => {
-                for (menu_item_id, &quantity) in &ordered {
+                // Only items that had a limit when the decision read the stock: an
+                // unlimited item has nothing to take, and skipping it saves a
+                // statement a line. A limit set since then applies to later orders.
+                let limited = ordered
+                    .iter()
+                    .filter(|(menu_item_id, _)| levels.contains_key(*menu_item_id));
+                for (menu_item_id, &quantity) in limited {
                     if storage::take_stock(tx, &order.restaurant_id, menu_item_id, quantity).await?
                     {
                         stock_taken.insert(menu_item_id.clone(), quantity);
