@@ -206,9 +206,10 @@ impl OrderHandler {
         let mut stock_taken = BTreeMap::new();
         let announcement = match decision {
             Decision::Accept => {
-                // Only items that had a limit when the decision read the stock: an
-                // unlimited item has nothing to take, and skipping it saves a
-                // statement a line. A limit set since then applies to later orders.
+                // Stock is taken only for the items that had a limit when the
+                // decision read the stock. An unlimited item has nothing to take, so
+                // skipping it saves a statement a line; a limit set since then
+                // applies to later orders.
                 let limited = ordered
                     .iter()
                     .filter(|(menu_item_id, _)| levels.contains_key(*menu_item_id));
