@@ -97,11 +97,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     });
     let failed = system.watch(&stop).await;
+    let data_dir = system.data_dir().to_path_buf();
     system.stop().await;
     if let Some(name) = failed {
         anyhow::bail!("service {name} stopped unexpectedly; see the log above");
     }
-    println!("Tiffin stopped; restart with the same --data-dir to resume.");
+    println!(
+        "Tiffin stopped; starting it again on {} resumes where it stopped.",
+        data_dir.display()
+    );
     Ok(())
 }
 
