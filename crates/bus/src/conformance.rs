@@ -309,7 +309,8 @@ pub async fn nack_redelivers(connector: &dyn Connector, features: Features) {
     later.into_iter().next().unwrap().ack().await.expect("ack");
 }
 
-/// How long a new member waits for a message whose member went away unsettled.
+/// Returns how long a new member waits for a message whose member went away
+/// without settling it.
 fn redelivery_wait(features: Features) -> Duration {
     if features.redelivers_after_member_loss {
         Duration::from_secs(10)
@@ -348,22 +349,22 @@ pub async fn unacked_message_is_redelivered(connector: &dyn Connector, features:
     again.into_iter().next().unwrap().ack().await.expect("ack");
 }
 
-/// Fetches until `count` messages are held or 10 s passed, without settling them.
+/// Fetches until `count` messages arrived or 10 s passed, without settling them.
 async fn take(
     receiver: &mut Box<dyn crate::api::QueueReceiver>,
     count: usize,
 ) -> Vec<QueueMessage> {
-    let mut held = Vec::new();
+    let mut fetched = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while held.len() < count && tokio::time::Instant::now() < deadline {
+    while fetched.len() < count && tokio::time::Instant::now() < deadline {
         let batch = receiver
-            .fetch(count - held.len(), Duration::from_millis(500))
+            .fetch(count - fetched.len(), Duration::from_millis(500))
             .await
             .expect("fetch");
-        held.extend(batch);
+        fetched.extend(batch);
     }
-    assert_eq!(held.len(), count, "every published message arrived");
-    held
+    assert_eq!(fetched.len(), count, "every published message arrived");
+    fetched
 }
 
 /// Checks that acking later deliveries does not settle an earlier one still being
@@ -376,10 +377,10 @@ pub async fn later_ack_keeps_earlier_message(connector: &dyn Connector, features
     let mut queue = bus.queue(&names.queue("kitchen")).await.expect("subscribe");
     let events: Vec<Envelope> = (1..=3).map(|n| names.event("k", n)).collect();
     bus.publish(&events).await.expect("publish");
-    let mut taken = take(&mut queue, 3).await;
-    let first = taken.remove(0);
+    let mut fetched = take(&mut queue, 3).await;
+    let first = fetched.remove(0);
     let unsettled = number(&first.envelope);
-    for message in taken.into_iter().rev() {
+    for message in fetched.into_iter().rev() {
         message.ack().await.expect("ack");
     }
 
@@ -410,8 +411,8 @@ pub async fn later_ack_keeps_earlier_message(connector: &dyn Connector, features
 }
 
 /// Checks that messages acked in the reverse of their delivery order are all gone:
-/// a backend that holds an ack back until earlier deliveries settle must send it
-/// once they do.
+/// a backend that delays an ack until earlier deliveries settle must send it once
+/// they do.
 pub async fn acks_in_any_order_settle_every_message(connector: &dyn Connector) {
     let names = Names::new();
     let bus = connector.connect().await;
