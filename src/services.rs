@@ -195,7 +195,7 @@ pub async fn build(
                     catalog: topology.http("catalog")?,
                     orders: topology.http("orders")?,
                     kitchen: topology.http("kitchen")?,
-                    delivery: topology.http("delivery")?,
+                    delivery: Some(topology.http("delivery")?),
                     notifications: topology.http("notifications")?,
                     analytics: topology.http("analytics")?,
                 },

@@ -93,8 +93,10 @@ pub struct Upstreams {
     pub orders: String,
     /// The kitchen service.
     pub kitchen: String,
-    /// The delivery service.
-    pub delivery: String,
+    /// The delivery service, or `None` in a deployment without it (a benchmark of
+    /// the flow up to `ready`): its paths then answer 404 and readiness leaves it
+    /// out.
+    pub delivery: Option<String>,
     /// The notification service.
     pub notifications: String,
     /// The analytics service.
@@ -128,7 +130,11 @@ impl Service {
             catalog: base_url("catalog", &upstreams.catalog)?,
             orders: base_url("orders", &upstreams.orders)?,
             kitchen: base_url("kitchen", &upstreams.kitchen)?,
-            delivery: base_url("delivery", &upstreams.delivery)?,
+            delivery: upstreams
+                .delivery
+                .as_deref()
+                .map(|url| base_url("delivery", url))
+                .transpose()?,
             notifications: base_url("notifications", &upstreams.notifications)?,
             analytics: base_url("analytics", &upstreams.analytics)?,
         };

@@ -20,21 +20,23 @@ pub(crate) struct BaseUrls {
     pub(crate) catalog: String,
     pub(crate) orders: String,
     pub(crate) kitchen: String,
-    pub(crate) delivery: String,
+    pub(crate) delivery: Option<String>,
     pub(crate) notifications: String,
     pub(crate) analytics: String,
 }
 
 impl BaseUrls {
-    fn of(&self, upstream: Upstream) -> &str {
+    /// Returns the base URL of `upstream`, or `None` when the deployment does not
+    /// run it.
+    fn of(&self, upstream: Upstream) -> Option<&str> {
         match upstream {
-            Upstream::Auth => &self.auth,
-            Upstream::Catalog => &self.catalog,
-            Upstream::Orders => &self.orders,
-            Upstream::Kitchen => &self.kitchen,
-            Upstream::Delivery => &self.delivery,
-            Upstream::Notifications => &self.notifications,
-            Upstream::Analytics => &self.analytics,
+            Upstream::Auth => Some(&self.auth),
+            Upstream::Catalog => Some(&self.catalog),
+            Upstream::Orders => Some(&self.orders),
+            Upstream::Kitchen => Some(&self.kitchen),
+            Upstream::Delivery => self.delivery.as_deref(),
+            Upstream::Notifications => Some(&self.notifications),
+            Upstream::Analytics => Some(&self.analytics),
         }
     }
 }
@@ -54,6 +56,9 @@ pub(crate) struct Outgoing {
 /// A failure to get a response from an upstream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ForwardError {
+    /// The deployment does not run the upstream.
+    #[error("this deployment runs no {upstream} service")]
+    NotDeployed { upstream: Upstream },
     /// No connection could be opened.
     #[error("failed to connect to upstream {upstream} at {base_url}: {source}")]
     Unreachable {
@@ -117,7 +122,10 @@ impl Proxy {
     /// of a truncated 200.
     pub(crate) async fn forward(&self, outgoing: Outgoing) -> Result<Response<Body>, ForwardError> {
         let upstream = outgoing.route.upstream;
-        let base_url = self.base_urls.of(upstream);
+        let base_url = self
+            .base_urls
+            .of(upstream)
+            .ok_or(ForwardError::NotDeployed { upstream })?;
         let url = format!("{base_url}{}", outgoing.route.path_and_query);
         let error = |source: reqwest::Error| self.classify(upstream, base_url, source);
 
@@ -173,9 +181,10 @@ impl Proxy {
     /// Probes every upstream's `GET /readyz` at once and returns one line per
     /// upstream that did not return 200 within 2 s, such as
     /// `orders at http://127.0.0.1:8083 is unreachable`. Empty when all are up.
+    /// An upstream the deployment does not run is not probed.
     pub(crate) async fn unready_upstreams(&self) -> Vec<String> {
         let probes = Upstream::ALL.map(|upstream| async move {
-            let base_url = self.base_urls.of(upstream);
+            let base_url = self.base_urls.of(upstream)?;
             let result = self
                 .client
                 .get(format!("{base_url}/readyz"))

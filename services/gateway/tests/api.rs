@@ -88,7 +88,7 @@ async fn two_upstreams() -> Upstreams {
         catalog: second.clone(),
         orders: first.clone(),
         kitchen: second.clone(),
-        delivery: first,
+        delivery: Some(first),
         notifications: second.clone(),
         analytics: second,
     }
@@ -335,4 +335,20 @@ async fn readyz_names_down_upstream() {
         "{detail}"
     );
     assert!(!detail.contains("orders"), "{detail}");
+}
+
+#[tokio::test]
+async fn service_left_out_is_404_and_not_probed() {
+    let mut upstreams = two_upstreams().await;
+    upstreams.delivery = None;
+    let gateway = TestGateway::spawn(upstreams, Settings::DEFAULT_REQUEST_TIMEOUT).await;
+
+    let response = gateway.get("/v1/delivery/orders/o1").await;
+
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let problem = problem(response).await;
+    let detail = problem.detail.unwrap_or_default();
+    assert!(detail.contains("runs no delivery service"), "{detail}");
+    assert_eq!(gateway.get("/readyz").await.status(), StatusCode::OK);
+    assert!(gateway.get("/v1/orders/o1").await.status().is_success());
 }
