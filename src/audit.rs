@@ -15,15 +15,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use crate::system::Databases;
+use crate::system::{Databases, Delivery};
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use tiffin_runtime::time::now_millis;
-
-/// Statuses after which nothing changes.
-const FINAL: [&str; 4] = ["delivered", "rejected", "cancelled", "payment_declined"];
 
 /// One broken invariant.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,6 +135,20 @@ pub async fn audit(
     databases: impl Into<Databases>,
     time_limit_ms: i64,
 ) -> anyhow::Result<AuditReport> {
+    audit_for(databases, time_limit_ms, Delivery::Runs).await
+}
+
+/// Audits like [`audit`] a system with or without delivery: without it, an order
+/// ends at `ready` with its payment authorized.
+///
+/// # Errors
+///
+/// As for [`audit`].
+pub async fn audit_for(
+    databases: impl Into<Databases>,
+    time_limit_ms: i64,
+    delivery: Delivery,
+) -> anyhow::Result<AuditReport> {
     let databases = databases.into();
     let orders_db = open(&databases, "orders").await?;
     let payments_db = open(&databases, "payments").await?;
@@ -176,7 +187,7 @@ pub async fn audit(
     let now = now_millis();
     for (order_id, order) in &orders {
         *report.by_status.entry(order.status.clone()).or_default() += 1;
-        check_progress(&mut report, order_id, order, now, time_limit_ms);
+        check_progress(&mut report, order_id, order, now, time_limit_ms, delivery);
         let late = now - order.updated_at > time_limit_ms;
         check_payment(
             &mut report,
@@ -237,9 +248,10 @@ fn check_progress(
     order: &Order,
     now: i64,
     time_limit_ms: i64,
+    delivery: Delivery,
 ) {
     let age_ms = now - order.created_at;
-    if !FINAL.contains(&order.status.as_str()) && age_ms > time_limit_ms {
+    if !delivery.final_statuses().contains(&order.status.as_str()) && age_ms > time_limit_ms {
         report.violate(
             "order_not_final",
             order_id,

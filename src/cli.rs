@@ -304,6 +304,12 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub simulation: SimulationArgs,
+
+    /// The deployment runs no delivery service, so orders end at ready: the
+    /// gateway answers delivery's paths with 404 and its readiness leaves
+    /// delivery out. The place-order benchmark's flow runs this way.
+    #[arg(long)]
+    pub without_delivery: bool,
 }
 
 fn parse_peer(text: &str) -> Result<(String, SocketAddr), String> {
@@ -487,6 +493,36 @@ pub enum DeadLetterCommand {
     },
 }
 
+/// How far each order of `tiffin bench` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Flow {
+    /// To `ready`: payment, kitchen ticket, notifications and analytics, with no
+    /// delivery service; the flow the benchmark specifies and the reference
+    /// implementation runs.
+    Ready,
+    /// To `delivered`: also a courier's dispatch, pickup and delivery, and the
+    /// capture of the payment.
+    Delivered,
+}
+
+impl Flow {
+    /// Whether the system under test runs the delivery service.
+    pub fn delivery(self) -> crate::system::Delivery {
+        match self {
+            Self::Ready => crate::system::Delivery::LeftOut,
+            Self::Delivered => crate::system::Delivery::Runs,
+        }
+    }
+
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Delivered => "delivered",
+        }
+    }
+}
+
 /// `tiffin bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -514,6 +550,10 @@ pub struct BenchArgs {
     /// all in this one.
     #[arg(long)]
     pub distributed: bool,
+
+    /// How far each order goes.
+    #[arg(long, value_enum, default_value_t = Flow::Ready)]
+    pub flow: Flow,
 
     /// Keep the services' data on this PostgreSQL server instead of in SQLite
     /// files, one database per service as for `tiffin up --database`. Each round

@@ -13,7 +13,7 @@ use crate::audit::{self, AuditReport};
 use crate::cli::{DemoArgs, SimulationArgs, UpArgs};
 use crate::load::{self, LoadSettings, LoadSummary};
 use crate::report::{self, SystemCounts};
-use crate::system::{Databases, System, SystemSettings};
+use crate::system::{Databases, Delivery, System, SystemSettings};
 
 pub(crate) fn processor(
     simulation: &SimulationArgs,
@@ -64,6 +64,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         pool: args.pool.settings(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
         admission: args.admission.settings(),
+        delivery: Delivery::Runs,
     })
     .await?;
 
@@ -211,6 +212,7 @@ async fn run_in_process(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Demo
         pool: args.pool.settings(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
         admission: args.admission.settings(),
+        delivery: Delivery::Runs,
     })
     .await?;
     let outcome = replay_and_report(&system, args).await;
@@ -252,7 +254,7 @@ pub(crate) async fn replay_and_count(
     })
     .await?;
 
-    crate::system::wait_quiet(databases, embedded, Duration::from_secs(60))
+    crate::system::wait_quiet(databases, embedded, Delivery::Runs, Duration::from_secs(60))
         .await
         .context("the system did not settle after the replay")?;
     // Analytics and notifications read at their own pace (and a broker's queues are

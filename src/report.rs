@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::system::Databases;
+use crate::system::{Databases, Delivery};
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
@@ -88,6 +88,7 @@ pub(crate) async fn open(databases: &Databases, name: &str) -> anyhow::Result<An
 pub async fn pending_events(
     databases: impl Into<Databases>,
     bus: Option<&EmbeddedBus>,
+    delivery: Delivery,
 ) -> anyhow::Result<i64> {
     let databases = databases.into();
     let mut pending = match bus {
@@ -95,6 +96,9 @@ pub async fn pending_events(
         None => 0,
     };
     for service in ["catalog", "orders", "kitchen", "delivery"] {
+        if !delivery.runs(service) {
+            continue;
+        }
         let pool = open(&databases, service).await?;
         pending += sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox")
             .fetch_one(&pool)
@@ -117,7 +121,10 @@ pub async fn pending_events(
 /// # Errors
 ///
 /// Fails when a database cannot be read.
-pub async fn lagging_replicas(databases: impl Into<Databases>) -> anyhow::Result<Vec<String>> {
+pub async fn lagging_replicas(
+    databases: impl Into<Databases>,
+    delivery: Delivery,
+) -> anyhow::Result<Vec<String>> {
     let databases = databases.into();
     let count = async |service: &str, sql: &'static str| -> anyhow::Result<i64> {
         let pool = open(&databases, service).await?;
@@ -127,7 +134,7 @@ pub async fn lagging_replicas(databases: impl Into<Databases>) -> anyhow::Result
     };
     let items = count("catalog", "SELECT COUNT(*) FROM menu_items").await?;
     let restaurants = count("catalog", "SELECT COUNT(*) FROM restaurants").await?;
-    let checks = [
+    let mut checks = vec![
         (
             "orders menu replica",
             "items",
@@ -140,21 +147,23 @@ pub async fn lagging_replicas(databases: impl Into<Databases>) -> anyhow::Result
             count("kitchen", "SELECT COUNT(*) FROM restaurants").await?,
             restaurants,
         ),
-        (
+    ];
+    if delivery.runs("delivery") {
+        checks.push((
             "delivery restaurant replica",
             "restaurants",
             count("delivery", "SELECT COUNT(*) FROM restaurants").await?,
             restaurants,
-        ),
-        (
+        ));
+        checks.push((
             "delivery courier fleet",
             "couriers",
             count("delivery", "SELECT COUNT(*) FROM couriers")
                 .await?
                 .min(1),
             1,
-        ),
-    ];
+        ));
+    }
     Ok(checks
         .into_iter()
         .filter(|(_, _, have, want)| have < want)
@@ -162,12 +171,25 @@ pub async fn lagging_replicas(databases: impl Into<Databases>) -> anyhow::Result
         .collect())
 }
 
-/// Counts what the services stored.
+/// Counts what the services of a system with delivery stored.
 ///
 /// # Errors
 ///
 /// Fails when a database cannot be read.
 pub async fn count(databases: impl Into<Databases>) -> anyhow::Result<SystemCounts> {
+    count_for(databases, Delivery::Runs).await
+}
+
+/// Counts what the services of a system with or without delivery stored: without
+/// it, an order that reached `ready` is not lost.
+///
+/// # Errors
+///
+/// Fails when a database cannot be read.
+pub async fn count_for(
+    databases: impl Into<Databases>,
+    delivery: Delivery,
+) -> anyhow::Result<SystemCounts> {
     let databases = databases.into();
     let orders_db = open(&databases, "orders").await?;
     let kitchen_db = open(&databases, "kitchen").await?;
@@ -218,7 +240,7 @@ pub async fn count(databases: impl Into<Databases>) -> anyhow::Result<SystemCoun
         if timeline.iter().any(|s| s == "ready") {
             counts.reached_ready += 1;
         }
-        if !matches!(status.as_str(), "delivered" | "rejected" | "cancelled") {
+        if !delivery.final_statuses().contains(&status.as_str()) {
             counts.lost += 1;
             problems.push(id.clone());
         }

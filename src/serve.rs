@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use crate::cli::{DemoArgs, ServeArgs};
 use crate::demo::DemoReport;
 use crate::services::{self, START_ORDER, Topology};
-use crate::system::{Databases, SystemSettings, port_offset};
+use crate::system::{Databases, Delivery, SystemSettings, port_offset};
 
 /// The first wait before trying again to start, and the longest wait.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -77,6 +77,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pool: args.pool.settings(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
         admission: args.admission.settings(),
+        delivery: if args.without_delivery {
+            Delivery::LeftOut
+        } else {
+            Delivery::Runs
+        },
     };
 
     let shutdown = CancellationToken::new();
@@ -163,19 +168,25 @@ pub struct Cluster {
     ports: Vec<(&'static str, SocketAddr)>,
     children: Vec<(&'static str, Child)>,
     databases: Databases,
+    delivery: Delivery,
 }
 
 impl Cluster {
     /// Starts every service process with the settings of `args` over `data_dir`,
-    /// running this same executable as `tiffin serve`.
+    /// running this same executable as `tiffin serve`; the delivery service only
+    /// when `delivery` says it runs.
     ///
     /// # Errors
     ///
     /// Fails when the bus is embedded (processes cannot share it) or a process
     /// cannot be spawned.
-    pub async fn start(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(
+        args: &DemoArgs,
+        data_dir: &Path,
+        delivery: Delivery,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("failed to find the tiffin executable")?;
-        Self::start_with(&exe, args, data_dir).await
+        Self::start_with(&exe, args, data_dir, delivery).await
     }
 
     /// Like [`Cluster::start`], running `exe` as the `tiffin` executable (tests run
@@ -184,7 +195,12 @@ impl Cluster {
     /// # Errors
     ///
     /// As for [`Cluster::start`].
-    pub async fn start_with(exe: &Path, args: &DemoArgs, data_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start_with(
+        exe: &Path,
+        args: &DemoArgs,
+        data_dir: &Path,
+        delivery: Delivery,
+    ) -> anyhow::Result<Self> {
         let (queue_url, stream_url) = args.bus.urls();
         anyhow::ensure!(
             !queue_url.starts_with("embedded:") && !stream_url.starts_with("embedded:"),
@@ -225,6 +241,9 @@ impl Cluster {
             "json".into(),
         ];
         common.extend(args.admission.to_args());
+        if delivery == Delivery::LeftOut {
+            common.push("--without-delivery".to_owned());
+        }
         if let Some(database) = &args.database {
             common.extend(["--database".to_owned(), database.clone()]);
         }
@@ -241,8 +260,9 @@ impl Cluster {
             common,
             ports,
             children: Vec::new(),
+            delivery,
         };
-        for service in START_ORDER {
+        for service in START_ORDER.into_iter().filter(|s| delivery.runs(s)) {
             cluster.spawn(service)?;
         }
         Ok(cluster)
@@ -323,6 +343,11 @@ impl Cluster {
         &self.databases
     }
 
+    /// Returns whether the delivery service runs.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
     /// Returns the service and process id of every running process.
     pub fn processes(&self) -> Vec<(&'static str, u32)> {
         self.children
@@ -367,7 +392,7 @@ impl Cluster {
                 .await
                 .is_ok_and(|response| response.status().is_success());
             if gateway_ready {
-                let lagging = crate::report::lagging_replicas(&self.databases)
+                let lagging = crate::report::lagging_replicas(&self.databases, self.delivery)
                     .await
                     .unwrap_or_else(|error| vec![error.to_string()]);
                 if lagging.is_empty() {
@@ -490,7 +515,7 @@ fn free_ports() -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
 ///
 /// Fails when a process cannot start or the system does not become ready.
 pub async fn demo_distributed(args: &DemoArgs, data_dir: &Path) -> anyhow::Result<DemoReport> {
-    let mut cluster = Cluster::start(args, data_dir).await?;
+    let mut cluster = Cluster::start(args, data_dir, Delivery::Runs).await?;
     eprintln!(
         "Started every service as its own process; logs in {}",
         cluster.logs_dir().display()

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use tiffin_bus::api::Bus;
 use tiffin_runtime::CancellationToken;
 
-use crate::system::SystemSettings;
+use crate::system::{Delivery, SystemSettings};
 
 /// The services, in the order an all-in-one system starts them: payments and auth
 /// first (orders and the kitchen fetch auth's key set at start), the gateway last.
@@ -195,7 +195,10 @@ pub async fn build(
                     catalog: topology.http("catalog")?,
                     orders: topology.http("orders")?,
                     kitchen: topology.http("kitchen")?,
-                    delivery: Some(topology.http("delivery")?),
+                    delivery: match settings.delivery {
+                        Delivery::Runs => Some(topology.http("delivery")?),
+                        Delivery::LeftOut => None,
+                    },
                     notifications: topology.http("notifications")?,
                     analytics: topology.http("analytics")?,
                 },

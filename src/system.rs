@@ -56,6 +56,42 @@ pub struct SystemSettings {
     pub release_unclaimed_after: Duration,
     /// When the order service rejects new orders because the kitchen is behind.
     pub admission: tiffin_orders::admission::AdmissionSettings,
+    /// Whether the delivery service runs.
+    pub delivery: Delivery,
+}
+
+/// Whether a system runs the delivery service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Couriers take every ready order to its customer, and the payment is
+    /// captured on delivery.
+    #[default]
+    Runs,
+    /// No delivery service: orders end at `ready` with their payment authorized,
+    /// and the gateway answers delivery's paths with 404. The place-order
+    /// benchmark's flow ends at `ready`, as the reference implementation's does.
+    LeftOut,
+}
+
+impl Delivery {
+    /// The statuses after which an order changes no more.
+    pub fn final_statuses(self) -> &'static [&'static str] {
+        match self {
+            Self::Runs => &["delivered", "rejected", "cancelled", "payment_declined"],
+            Self::LeftOut => &[
+                "ready",
+                "delivered",
+                "rejected",
+                "cancelled",
+                "payment_declined",
+            ],
+        }
+    }
+
+    /// Returns true when `service` runs in a system with this setting.
+    pub fn runs(self, service: &str) -> bool {
+        self == Self::Runs || service != "delivery"
+    }
 }
 
 /// The services whose data the system keeps, one database each.
@@ -195,6 +231,7 @@ pub struct System {
     pub addresses: Vec<(&'static str, SocketAddr)>,
     data_dir: PathBuf,
     databases: Databases,
+    delivery: Delivery,
     bus: Option<EmbeddedBus>,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -243,6 +280,7 @@ impl System {
             addresses: Vec::new(),
             data_dir: data_dir.clone(),
             databases: databases.clone(),
+            delivery: settings.delivery,
             bus,
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
@@ -265,6 +303,9 @@ impl System {
     ) -> anyhow::Result<()> {
         let mut topology = Topology::default();
         for service in START_ORDER {
+            if !settings.delivery.runs(service) {
+                continue;
+            }
             let listen = match service {
                 "gateway" => settings.gateway_addr,
                 other => addr(port_offset(other)),
@@ -353,7 +394,8 @@ impl System {
                 }
             }
             if waiting.is_empty() {
-                let lagging = crate::report::lagging_replicas(&self.databases).await?;
+                let lagging =
+                    crate::report::lagging_replicas(&self.databases, self.delivery).await?;
                 if lagging.is_empty() {
                     return Ok(());
                 }
@@ -377,7 +419,12 @@ impl System {
     ///
     /// Fails when that does not happen within `timeout`.
     pub async fn wait_quiet(&self, timeout: Duration) -> anyhow::Result<()> {
-        wait_quiet(&self.databases, self.bus.as_ref(), timeout).await
+        wait_quiet(&self.databases, self.bus.as_ref(), self.delivery, timeout).await
+    }
+
+    /// Returns whether the delivery service runs.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
     }
 
     /// Returns a token that stops the system when cancelled.
@@ -441,11 +488,12 @@ pub fn port_offset(service: &str) -> u16 {
 pub async fn wait_quiet(
     databases: &Databases,
     embedded: Option<&EmbeddedBus>,
+    delivery: Delivery,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let pending = crate::report::pending_events(databases, embedded).await?;
+        let pending = crate::report::pending_events(databases, embedded, delivery).await?;
         if pending == 0 {
             return Ok(());
         }

@@ -208,8 +208,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
             rounds.push(figures);
         }
         eprintln!(
-            "Round {round}: Tiffin {topology}, {} connections for {} s...",
-            args.connections, args.duration
+            "Round {round}: Tiffin {topology}, orders until {}, {} connections for {} s...",
+            args.flow.as_str(),
+            args.connections,
+            args.duration
         );
         let figures = tiffin_round(args, round).await?;
         eprintln!("{figures}");
@@ -226,6 +228,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
             path,
             &serde_json::json!({
                 "topology": topology,
+                "flow": args.flow.as_str(),
                 "connections": args.connections,
                 "duration_s": args.duration,
                 "threads": args.threads,
@@ -303,7 +306,7 @@ impl Target {
             let crate::cli::Command::Demo(demo) = cli.command else {
                 unreachable!("parsed as demo");
             };
-            let mut cluster = Cluster::start(&demo, dir).await?;
+            let mut cluster = Cluster::start(&demo, dir, args.flow.delivery()).await?;
             if let Err(error) = cluster.wait_ready(Duration::from_secs(180)).await {
                 cluster.stop().await;
                 return Err(error);
@@ -333,6 +336,7 @@ impl Target {
             pool: args.pool.settings(),
             release_unclaimed_after: std::time::Duration::from_secs(60),
             admission: args.admission.settings(),
+            delivery: args.flow.delivery(),
         })
         .await?;
         if let Err(error) = system.wait_ready(Duration::from_secs(120)).await {
@@ -374,7 +378,8 @@ impl Target {
         match self {
             Self::InProcess(system) => system.wait_quiet(timeout).await,
             Self::Processes(cluster) => {
-                crate::system::wait_quiet(cluster.databases(), None, timeout).await
+                crate::system::wait_quiet(cluster.databases(), None, cluster.delivery(), timeout)
+                    .await
             }
         }
     }
@@ -503,15 +508,16 @@ async fn measure(
     let drained = procs::Snapshot::take();
     let cpu_drained_s = procs::cpu_by_group(&before, &drained, &own);
     let databases = target.databases();
-    let mut counts = crate::report::count(databases).await?;
+    let delivery = args.flow.delivery();
+    let mut counts = crate::report::count_for(databases, delivery).await?;
     for _ in 0..600 {
         if counts.analytics_orders == counts.placed && counts.lost == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        counts = crate::report::count(databases).await?;
+        counts = crate::report::count_for(databases, delivery).await?;
     }
-    let audit = crate::audit::audit(databases, 300_000).await?;
+    let audit = crate::audit::audit_for(databases, 300_000, delivery).await?;
     let end_to_end = figures::end_to_end(databases, started_ms).await?;
     let integrity = format!(
         "({} orders: lost {}, missing tickets {}, duplicate tickets {}, duplicate notifications {}, wrong notification counts {}, duplicate authorizations {}, orders without authorization {}, analytics {} of {}, audit violations {})",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tiffin::load::{self, LoadSettings};
+use tiffin::system::Delivery;
 
 use crate::helpers::TestSystem;
 
@@ -290,6 +291,17 @@ impl Distributed {
         extra: &[&str],
         email: &str,
     ) -> Self {
+        Self::start_with(dir, bus_url, extra, email, Delivery::Runs).await
+    }
+
+    /// Like [`Distributed::start`], with or without the delivery service.
+    pub(crate) async fn start_with(
+        dir: &std::path::Path,
+        bus_url: &str,
+        extra: &[&str],
+        email: &str,
+        delivery: Delivery,
+    ) -> Self {
         let mut arguments = vec!["tiffin", "demo", "--distributed", "--bus", bus_url];
         arguments.extend(["--speed", "600"]);
         arguments.extend(extra);
@@ -298,7 +310,7 @@ impl Distributed {
             unreachable!("parsed as demo");
         };
         let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tiffin"));
-        let mut cluster = tiffin::serve::Cluster::start_with(exe, &args, dir)
+        let mut cluster = tiffin::serve::Cluster::start_with(exe, &args, dir, delivery)
             .await
             .expect("processes start");
         cluster
@@ -375,6 +387,75 @@ impl Distributed {
         self.cluster.stop().await;
         assert!(audit.is_clean(), "audit after {what}:\n{audit}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_without_delivery_ends_at_ready() {
+    let _shared = RABBITMQ.read().await;
+    if !engine_available("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached").await {
+        return;
+    }
+    let vhost = Vhost::create();
+    let dir = tempfile::tempdir().unwrap();
+    let system = Distributed::start_with(
+        dir.path(),
+        &vhost.url(),
+        &[],
+        "takeaway@test.tiffin.dev",
+        Delivery::LeftOut,
+    )
+    .await;
+    assert!(
+        system
+            .cluster
+            .processes()
+            .iter()
+            .all(|(service, _)| *service != "delivery")
+    );
+    let orders = system.place(3, "takeaway").await;
+    for order_id in &orders {
+        let mut status = String::new();
+        for _ in 0..900 {
+            let body: serde_json::Value = system
+                .http
+                .get(format!("{}/v1/orders/{order_id}/status", system.gateway))
+                .bearer_auth(&system.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            status = body["status"].as_str().unwrap_or_default().to_owned();
+            if status == "ready" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, "ready", "order {order_id}");
+    }
+    let delivery = system
+        .http
+        .get(format!(
+            "{}/v1/delivery/orders/{}",
+            system.gateway, orders[0]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivery.status(), reqwest::StatusCode::NOT_FOUND);
+    let databases = system.cluster.databases().clone();
+    tiffin::system::wait_quiet(&databases, None, Delivery::LeftOut, Duration::from_secs(60))
+        .await
+        .expect("system settles");
+    let counts = tiffin::report::count_for(&databases, Delivery::LeftOut)
+        .await
+        .expect("counts");
+    system.cluster.stop().await;
+    assert_eq!(counts.placed, 3);
+    assert_eq!(counts.lost, 0);
+    assert_eq!(counts.missing_tickets, 0);
+    assert_eq!(counts.orders_with_wrong_notifications, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,7 @@ pub(crate) fn settings(dir: &std::path::Path) -> SystemSettings {
         pool: tiffin_runtime::db::PoolSettings::default(),
         release_unclaimed_after: std::time::Duration::from_secs(60),
         admission: tiffin_orders::admission::AdmissionSettings::default(),
+        delivery: tiffin::system::Delivery::Runs,
     }
 }
 

@@ -11,7 +11,7 @@ use tiffin_bus::api::Bus;
 use tiffin_bus::embedded::EmbeddedBus;
 use tiffin_runtime::db::Database;
 
-use crate::helpers::TestSystem;
+use crate::helpers::{TestSystem, order_body};
 
 fn replay(target: &str, orders: usize) -> LoadSettings {
     LoadSettings {
@@ -138,4 +138,67 @@ async fn analytics_rebuild_gives_same_figures() {
     bus.close().await;
 
     assert_eq!(serde_json::to_value(&rebuilt).unwrap(), live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_delivery_orders_end_at_ready() {
+    let system = TestSystem::start_with(|settings| {
+        settings.delivery = tiffin::system::Delivery::LeftOut;
+    })
+    .await;
+    let customer = system.customer("takeaway").await;
+    let (restaurant, items) = system.restaurant_with_menu(0).await;
+    let mut orders = Vec::new();
+    for (n, item) in items.iter().take(3).enumerate() {
+        let body = order_body(&restaurant, &[item.as_str()]);
+        let key = format!("takeaway-{n}");
+        let response = system.place(&customer.token, Some(&key), &body).await;
+        let status = response.status();
+        let order: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        orders.push(order["id"].as_str().unwrap().to_owned());
+    }
+    for order in &orders {
+        system
+            .await_status(&customer.token, order, &["ready"])
+            .await;
+    }
+    system
+        .system
+        .wait_quiet(Duration::from_secs(60))
+        .await
+        .expect("system settles");
+
+    let delivery = system.get("/v1/delivery/orders/x", None).await;
+    assert_eq!(delivery.status(), StatusCode::NOT_FOUND);
+    let detail: Value = delivery.json().await.unwrap();
+    assert!(
+        detail["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("runs no delivery service"),
+        "{detail}"
+    );
+    let left_out = tiffin::system::Delivery::LeftOut;
+    let counts = report::count_for(system.dir.path(), left_out)
+        .await
+        .expect("counts");
+    assert_eq!(counts.placed, 3);
+    assert_eq!(counts.lost, 0, "ready is final without delivery");
+    assert_eq!(counts.orders_by_status.get("ready"), Some(&3));
+    assert_eq!(counts.orders_with_wrong_notifications, 0);
+    assert_eq!(counts.duplicate_notifications, 0);
+    // With delivery running, the same orders would still be on their way.
+    let with_delivery = report::count(system.dir.path()).await.expect("counts");
+    assert_eq!(with_delivery.lost, 3);
+    let audit = tiffin::audit::audit_for(system.dir.path(), -1, left_out)
+        .await
+        .expect("audit runs");
+    assert!(audit.is_clean(), "audit:\n{audit}");
+    let strict = tiffin::audit::audit(system.dir.path(), -1)
+        .await
+        .expect("audit runs");
+    assert_eq!(strict.violations.len(), 3, "audit:\n{strict}");
+    assert!(!system.dir.path().join("delivery.db").exists());
+    system.stop().await;
 }
