@@ -39,6 +39,15 @@ pub fn with_common_layers(router: Router) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
+/// A response extension for a server error that is no fault of this service. The
+/// request log records such a response at debug level instead of as a warning.
+///
+/// Two cases use it: a deliberate rejection under load, which would otherwise log
+/// a line per rejected request, and an upstream's response that a gateway passes
+/// on, which the upstream has logged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotAFault;
+
 async fn request_span(mut request: Request, next: Next) -> Response {
     let context = TraceContext::from_header_or_new(
         request
@@ -64,7 +73,8 @@ async fn request_span(mut request: Request, next: Next) -> Response {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         // A probe that returns 503 means "not yet", not a failure.
         let probe = matches!(path.as_str(), "/readyz" | "/healthz");
-        if status.is_server_error() && !probe {
+        let fault = !probe && response.extensions().get::<NotAFault>().is_none();
+        if status.is_server_error() && fault {
             tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), elapsed_ms, "request handled");
@@ -117,4 +127,78 @@ pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(30))
         .no_proxy()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Extension;
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Log lines written while a test runs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Sends `GET path` through the common layers and returns the warnings logged.
+    async fn warnings_for(router: Router, path: &str) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        let response = with_common_layers(router)
+            .oneshot(request)
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = captured.0.lock().expect("log buffer").clone();
+        String::from_utf8(bytes).expect("UTF-8 log")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn server_error_logs_warning() {
+        let router =
+            Router::new().route("/busy", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
+
+        let warnings = warnings_for(router, "/busy").await;
+
+        assert!(warnings.contains("request failed"), "{warnings}");
+        assert!(warnings.contains("status=503"), "{warnings}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn not_a_fault_logs_no_warning() {
+        let router = Router::new().route(
+            "/shed",
+            get(|| async {
+                (Extension(NotAFault), StatusCode::SERVICE_UNAVAILABLE).into_response()
+            }),
+        );
+
+        let warnings = warnings_for(router, "/shed").await;
+
+        assert_eq!(warnings, "");
+    }
 }

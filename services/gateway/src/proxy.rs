@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use futures::future::join_all;
+use tiffin_runtime::http::NotAFault;
 use tiffin_runtime::trace::{TRACEPARENT, TraceContext};
 
 use crate::routing::{self, Route, Upstream};
@@ -149,6 +150,9 @@ impl Proxy {
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
+        // The upstream logged its own server error, so the gateway's request log
+        // does not warn about it a second time.
+        response.extensions_mut().insert(NotAFault);
         Ok(response)
     }
 

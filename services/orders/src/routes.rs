@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
+use tiffin_runtime::http::NotAFault;
 use tiffin_runtime::json::Json;
 use tiffin_runtime::problem::{Problem, internal_error};
 use tiffin_runtime::time::now_millis;
@@ -40,21 +41,24 @@ pub fn router(state: AppState) -> Router {
 struct Admitted;
 
 impl FromRequestParts<AppState> for Admitted {
-    type Rejection = Problem;
+    type Rejection = Response;
 
-    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let Some(waiting) = state.admission.over_limit() else {
             return Ok(Self);
         };
         let after = state.admission.settings().waiting_after;
         tracing::debug!(waiting, "order rejected with 503: the kitchen is behind");
-        Err(Problem::unavailable(
+        let problem = Problem::unavailable(
             format!(
                 "the kitchen is behind: {waiting} orders have waited more than {} ms for its decision; retry with the same Idempotency-Key",
                 after.as_millis()
             ),
             1,
-        ))
+        );
+        // The admission state logs when it starts and stops rejecting; a warning per
+        // rejected request would flood the log exactly when the service is busiest.
+        Err((Extension(NotAFault), problem).into_response())
     }
 }
 
