@@ -1,7 +1,9 @@
 //! `tiffin bench`: the place-order benchmark.
 //!
 //! A round starts Tiffin in the benchmark configuration: preparation and delivery
-//! take no time, and there is no simulated payment latency and no rejection. It
+//! take no time, and there is no simulated payment latency and no rejection. By
+//! default it runs no delivery service, so that orders end at `ready` as in the
+//! benchmark's specified flow and the reference implementation. It
 //! registers one customer per connection and writes the inputs of the wrk script, a
 //! menu file of the restaurants open around the clock and a token file. Then it
 //! warms up and runs wrk while it samples CPU time from `/proc`. After the load it waits for every event
