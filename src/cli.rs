@@ -555,6 +555,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Flow::Ready)]
     pub flow: Flow,
 
+    /// Send wrk's orders through the gateway, one more HTTP hop each, instead of
+    /// straight to the order service as the reference's benchmark does.
+    #[arg(long)]
+    pub through_gateway: bool,
+
     /// Keep the services' data on this PostgreSQL server instead of in SQLite
     /// files, one database per service as for `tiffin up --database`. Each round
     /// creates databases of its own, named after the URL's database with the round

@@ -338,6 +338,11 @@ impl Cluster {
         format!("http://{}", self.addr("gateway"))
     }
 
+    /// Returns the base URL of the order service's first process.
+    pub fn orders_url(&self) -> String {
+        format!("http://{}", self.addr("orders"))
+    }
+
     /// Returns the services' databases.
     pub fn databases(&self) -> &Databases {
         &self.databases

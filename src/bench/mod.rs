@@ -231,6 +231,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
             &serde_json::json!({
                 "topology": topology,
                 "flow": args.flow.as_str(),
+                "through_gateway": args.through_gateway,
                 "connections": args.connections,
                 "duration_s": args.duration,
                 "threads": args.threads,
@@ -355,6 +356,19 @@ impl Target {
         }
     }
 
+    /// Returns the base URL of the order service itself, bypassing the gateway.
+    fn orders_url(&self) -> anyhow::Result<String> {
+        match self {
+            Self::InProcess(system) => system
+                .addresses
+                .iter()
+                .find(|(name, _)| *name == "orders")
+                .map(|(_, addr)| format!("http://{addr}"))
+                .context("the system has no order service"),
+            Self::Processes(cluster) => Ok(cluster.orders_url()),
+        }
+    }
+
     fn databases(&self) -> &Databases {
         match self {
             Self::InProcess(system) => system.databases(),
@@ -472,10 +486,17 @@ async fn measure(
     let tokens_file = dir.join("tokens.txt");
     write_menu(&http, &url, &menu_file).await?;
     write_tokens(&http, &url, args.connections, &tokens_file).await?;
+    // The reference's wrk sends its orders straight to its order service. Through
+    // the gateway, each order would cost one more HTTP hop.
+    let orders_url = if args.through_gateway {
+        url.clone()
+    } else {
+        target.orders_url()?
+    };
     let stamp = uuid::Uuid::now_v7().simple().to_string();
     let mut load = wrk::Run {
         script: &args.script,
-        url: &url,
+        url: &orders_url,
         menu_file: &menu_file,
         tokens_file: &tokens_file,
         run_id: &format!("warmup-{round}-{stamp}"),
