@@ -137,6 +137,11 @@ pub struct AdmissionArgs {
     /// against --max-waiting-orders.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub waiting_after_ms: u64,
+
+    /// Milliseconds a new order that arrives while the kitchen is behind waits
+    /// for it to catch up before it is rejected; 0 rejects it at once.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub admission_hold_ms: u64,
 }
 
 impl AdmissionArgs {
@@ -145,17 +150,20 @@ impl AdmissionArgs {
         tiffin_orders::admission::AdmissionSettings {
             max_waiting: (self.max_waiting_orders > 0).then_some(self.max_waiting_orders),
             waiting_after: std::time::Duration::from_millis(self.waiting_after_ms),
+            hold: std::time::Duration::from_millis(self.admission_hold_ms),
             ..tiffin_orders::admission::AdmissionSettings::default()
         }
     }
 
     /// Returns the flags that give a child process the same settings.
-    pub fn to_args(&self) -> [String; 4] {
+    pub fn to_args(&self) -> [String; 6] {
         [
             "--max-waiting-orders".to_owned(),
             self.max_waiting_orders.to_string(),
             "--waiting-after-ms".to_owned(),
             self.waiting_after_ms.to_string(),
+            "--admission-hold-ms".to_owned(),
+            self.admission_hold_ms.to_string(),
         ]
     }
 }

@@ -76,6 +76,7 @@ async fn kitchen_backlog_rejects_new_orders() {
             max_waiting: Some(2),
             waiting_after: Duration::from_secs(60),
             interval: Duration::from_millis(20),
+            hold: Duration::ZERO,
         };
     })
     .await;

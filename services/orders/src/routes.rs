@@ -44,7 +44,7 @@ impl FromRequestParts<AppState> for Admitted {
     type Rejection = Response;
 
     async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let Some(waiting) = state.admission.over_limit() else {
+        let Err(waiting) = state.admission.admit().await else {
             return Ok(Self);
         };
         let after = state.admission.settings().waiting_after;
