@@ -37,7 +37,7 @@ pub(crate) struct NotificationHandler {
     pub(crate) channel: Arc<dyn Channel>,
     pub(crate) channel_name: &'static str,
     pub(crate) policy: SendPolicy,
-    /// Wakes the sender loop after a send, since a failed one may be due for a retry
+    /// Wakes the sender loop after a failed send, which may be due for a retry
     /// before the loop's next pass.
     pub(crate) sender: Arc<Notify>,
 }
@@ -152,8 +152,11 @@ impl Handler for NotificationHandler {
             return Ok(());
         }
 
-        sender::deliver_many(&self.db, self.channel.as_ref(), &new, &self.policy).await;
-        self.sender.notify_one();
+        let failed =
+            sender::deliver_many(&self.db, self.channel.as_ref(), &new, &self.policy).await;
+        if failed {
+            self.sender.notify_one();
+        }
         Ok(())
     }
 }

@@ -108,13 +108,15 @@ pub(crate) async fn deliver(
 }
 
 /// Sends notifications side by side, as [`deliver`] does, and marks the sent ones
-/// in one transaction, which saves a commit per notification.
+/// in one transaction, which saves a commit per notification. Returns true when a
+/// notification is left pending (its send failed, or the sent ones could not be
+/// marked), so that the sender loop looks again.
 pub(crate) async fn deliver_many(
     db: &Database,
     channel: &dyn Channel,
     notifications: &[Notification],
     policy: &SendPolicy,
-) {
+) -> bool {
     let outcomes = futures::future::join_all(
         notifications
             .iter()
@@ -128,8 +130,9 @@ pub(crate) async fn deliver_many(
             Err(send_error) => record_failed_send(db, notification, &send_error, policy).await,
         }
     }
+    let failed = sent.len() < notifications.len();
     if sent.is_empty() {
-        return;
+        return true;
     }
 
     let now = now_millis();
@@ -141,12 +144,18 @@ pub(crate) async fn deliver_many(
     }
     .await;
     match marked {
-        Ok(()) => tracing::trace!(sent = sent.len(), "notifications sent"),
-        Err(error) => tracing::error!(
-            notification_ids = ?sent.iter().map(|n| n.notification_id.as_str()).collect::<Vec<_>>(),
-            error = %error,
-            "failed to mark sent notifications; they will be sent again"
-        ),
+        Ok(()) => {
+            tracing::trace!(sent = sent.len(), "notifications sent");
+            failed
+        }
+        Err(error) => {
+            tracing::error!(
+                notification_ids = ?sent.iter().map(|n| n.notification_id.as_str()).collect::<Vec<_>>(),
+                error = %error,
+                "failed to mark sent notifications; they will be sent again"
+            );
+            true
+        }
     }
 }
 
