@@ -104,14 +104,15 @@ impl TicketTimer {
     }
 
     /// Moves the tickets to ready and writes their `order.ready` events to the
-    /// outbox, in one transaction that locks their restaurants and orders. A ticket
-    /// that is no longer accepted, because it was cancelled since it was read, is
-    /// skipped.
+    /// outbox, in one transaction that locks their orders. A ticket that is no
+    /// longer accepted, because it was cancelled since it was read, is skipped.
+    ///
+    /// The restaurants are not locked: a ticket turning ready only frees capacity,
+    /// so a decision that still counts it errs on the safe side. Locking them made
+    /// every pass wait for the order handler's batches, which lock every
+    /// restaurant they name.
     async fn mark_ready(&self, due: &[DueTicket]) -> anyhow::Result<()> {
-        let keys: Vec<&str> = due
-            .iter()
-            .flat_map(|ticket| [ticket.restaurant_id.as_str(), ticket.order_id.as_str()])
-            .collect();
+        let keys: Vec<&str> = due.iter().map(|ticket| ticket.order_id.as_str()).collect();
         let ids: Vec<&str> = due.iter().map(|ticket| ticket.ticket_id.as_str()).collect();
         let mut tx = self.db.begin_write_for(&keys).await?;
         let now = now_millis();
