@@ -348,28 +348,35 @@ impl Distributed {
         place_slow_orders(&self.http, &self.gateway, &self.token, count, tag).await
     }
 
+    /// Polls an order's status for up to 90 s until it is `wanted`, and returns
+    /// the last status read.
+    pub(crate) async fn await_status(&self, order_id: &str, wanted: &str) -> String {
+        let mut status = String::new();
+        for _ in 0..900 {
+            let body: serde_json::Value = self
+                .http
+                .get(format!("{}/v1/orders/{order_id}/status", self.gateway))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            status = body["status"].as_str().unwrap_or_default().to_owned();
+            if status == wanted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        status
+    }
+
     /// Waits up to 90 s per order for delivery, then for a clean audit, and stops the
     /// processes.
     pub(crate) async fn finish(self, orders: &[String], what: &str) {
         for order_id in orders {
-            let mut status = String::new();
-            for _ in 0..900 {
-                let body: serde_json::Value = self
-                    .http
-                    .get(format!("{}/v1/orders/{order_id}/status", self.gateway))
-                    .bearer_auth(&self.token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap_or_default();
-                status = body["status"].as_str().unwrap_or_default().to_owned();
-                if status == "delivered" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let status = self.await_status(order_id, "delivered").await;
             assert_eq!(status, "delivered", "order {order_id} survived {what}");
         }
         let mut audit = tiffin::audit::audit(self.cluster.databases(), 30_000)
@@ -414,24 +421,7 @@ async fn distributed_without_delivery_ends_at_ready() {
     );
     let orders = system.place(3, "takeaway").await;
     for order_id in &orders {
-        let mut status = String::new();
-        for _ in 0..900 {
-            let body: serde_json::Value = system
-                .http
-                .get(format!("{}/v1/orders/{order_id}/status", system.gateway))
-                .bearer_auth(&system.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            status = body["status"].as_str().unwrap_or_default().to_owned();
-            if status == "ready" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = system.await_status(order_id, "ready").await;
         assert_eq!(status, "ready", "order {order_id}");
     }
     let delivery = system
