@@ -131,7 +131,9 @@ async fn connect_one(url: &str, data_dir: &Path) -> anyhow::Result<Connected> {
 /// Takes Tiffin's parameters out of a RabbitMQ URL and returns the URL left for
 /// the AMQP client (which reads parameters of its own, such as `heartbeat`) with
 /// the options they set.
-fn rabbitmq_options(url: &str) -> anyhow::Result<(String, tiffin_bus_rabbitmq::Options)> {
+pub(crate) fn rabbitmq_options(
+    url: &str,
+) -> anyhow::Result<(String, tiffin_bus_rabbitmq::Options)> {
     let mut options = tiffin_bus_rabbitmq::Options::default();
     let Some((address, query)) = url.split_once('?') else {
         return Ok((url.to_owned(), options));

@@ -286,6 +286,9 @@ enum Target {
 
 impl Target {
     async fn start(args: &BenchArgs, database: Option<&str>, dir: &Path) -> anyhow::Result<Self> {
+        if args.flow.delivery() == crate::system::Delivery::LeftOut {
+            check_no_delivery_queue(&args.bus.urls().0).await?;
+        }
         if args.distributed {
             let mut argv: Vec<String> = ["tiffin", "demo", "--distributed"]
                 .map(str::to_owned)
@@ -406,6 +409,27 @@ impl Target {
             Self::Processes(cluster) => cluster.stop().await,
         }
     }
+}
+
+/// Fails when the RabbitMQ virtual host of a run without delivery has a delivery
+/// work queue, left by a run with delivery: every `order.ready` would wait there
+/// unread, and the broker's work on it would count against the round.
+async fn check_no_delivery_queue(queue_url: &str) -> anyhow::Result<()> {
+    if !(queue_url.starts_with("amqp://") || queue_url.starts_with("amqps://")) {
+        return Ok(());
+    }
+    let (url, options) = crate::bus::rabbitmq_options(queue_url)?;
+    let bus = tiffin_bus_rabbitmq::connect(&url, options).await?;
+    // The connection closes when `bus` is dropped at the end of this function.
+    let Some(messages) = bus.ready_messages("delivery").await? else {
+        return Ok(());
+    };
+    let vhost = url.rsplit('/').next().unwrap_or_default();
+    anyhow::bail!(
+        "the virtual host {vhost} has a work queue `delivery` ({messages} messages waiting), left by a run with --flow delivered; \
+         without delivery, every order.ready would wait there unread. Use another virtual host for --flow ready, \
+         or delete the queues: rabbitmqctl delete_queue -p {vhost} delivery (and delivery.retry, delivery.dead)"
+    )
 }
 
 /// Simulated durations run this many times faster than real time, so preparation

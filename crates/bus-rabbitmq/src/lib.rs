@@ -201,6 +201,48 @@ pub struct RabbitBus {
     shared: Arc<Shared>,
 }
 
+impl RabbitBus {
+    /// Returns how many messages wait, ready for delivery, in the queue `name` of
+    /// the bus's virtual host, or `None` when the virtual host has no such queue.
+    /// The queue is not declared if missing.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the broker cannot be reached or rejects the check for another
+    /// reason than a missing queue.
+    pub async fn ready_messages(&self, name: &str) -> anyhow::Result<Option<u32>> {
+        let channel = self.shared.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await;
+        match declared {
+            Ok(queue) => {
+                let _ = channel.close(200, "OK".into()).await;
+                Ok(Some(queue.message_count()))
+            }
+            // The broker closes the channel with 404 for a queue that does not exist.
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => {
+                Err(anyhow::Error::new(error).context(format!("failed to check queue {name}")))
+            }
+        }
+    }
+}
+
+/// Returns true when the broker answered 404 NOT_FOUND.
+fn is_not_found(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
+
 /// State shared by the bus, its receivers and their messages.
 pub(crate) struct Shared {
     url: String,

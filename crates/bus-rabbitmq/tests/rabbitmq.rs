@@ -400,3 +400,25 @@ async fn bus_recovers_after_broker_restart() {
     assert!(published, "publish works again after the restart");
     assert!(message.is_some(), "fetch works again after the restart");
 }
+
+#[tokio::test]
+async fn ready_messages_counts_without_declaring() {
+    let Some(vhost) = TestVhost::create().await else {
+        return;
+    };
+    let bus = vhost.connect().await;
+
+    assert_eq!(bus.ready_messages("kitchen").await.expect("checked"), None);
+    assert_eq!(
+        bus.ready_messages("kitchen").await.expect("checked again"),
+        None
+    );
+    drop(bus.queue(&spec("kitchen")).await.expect("subscribe"));
+    bus.publish(&[event("test.pinged", "order-8")])
+        .await
+        .expect("publish");
+    assert_eq!(
+        bus.ready_messages("kitchen").await.expect("checked"),
+        Some(1)
+    );
+}
