@@ -128,8 +128,9 @@ impl PoolArgs {
 /// shared by `up`, `serve`, `demo` and `bench`.
 #[derive(Debug, Clone, Args)]
 pub struct AdmissionArgs {
-    /// Reject new orders with 503 while more than this many orders wait longer
-    /// than --waiting-after-ms for the kitchen's decision. 0 admits every order.
+    /// Hold new orders, and reject with 503 those still waiting after
+    /// --admission-hold-ms, while more than this many orders wait longer than
+    /// --waiting-after-ms for the kitchen's decision. 0 admits every order.
     #[arg(long, default_value_t = 200)]
     pub max_waiting_orders: u64,
 

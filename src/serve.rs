@@ -204,7 +204,7 @@ impl Cluster {
         let (queue_url, stream_url) = args.bus.urls();
         anyhow::ensure!(
             !queue_url.starts_with("embedded:") && !stream_url.starts_with("embedded:"),
-            "--distributed needs a broker that the processes share: pass --bus amqp://... or --bus nats://..."
+            "--distributed needs a broker that the processes share: pass --bus amqp://..., --bus nats://... or --bus kafka://..."
         );
         std::fs::create_dir_all(data_dir.join("logs"))?;
         let data_dir = data_dir.canonicalize()?;

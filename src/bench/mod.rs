@@ -427,7 +427,7 @@ async fn check_no_delivery_queue(queue_url: &str) -> anyhow::Result<()> {
     let vhost = url.rsplit('/').next().unwrap_or_default();
     anyhow::bail!(
         "the virtual host {vhost} has a work queue `delivery` ({messages} messages waiting), left by a run with --flow delivered; \
-         without delivery, every order.ready would wait there unread. Use another virtual host for --flow ready, \
+         without delivery, every order.ready would wait there unread. Use another virtual host for runs up to ready (--flow ready, the default), \
          or delete the queues: rabbitmqctl delete_queue -p {vhost} delivery (and delivery.retry, delivery.dead)"
     )
 }

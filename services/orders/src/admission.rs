@@ -142,7 +142,12 @@ impl Admission {
                     let over = self.record(waiting);
                     if over != was_over {
                         if over {
-                            tracing::warn!(waiting, limit = ?self.settings.max_waiting, "the kitchen is behind; rejecting new orders with 503");
+                            let limit = self.settings.max_waiting.unwrap_or_default();
+                            tracing::warn!(
+                                waiting,
+                                limit,
+                                "the kitchen is behind; holding new orders, and rejecting with 503 those still waiting after the hold"
+                            );
                         } else {
                             tracing::info!(waiting, "the kitchen caught up; admitting new orders");
                         }
