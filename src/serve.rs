@@ -37,7 +37,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (queue_url, stream_url) = args.bus.urls();
     anyhow::ensure!(
         !queue_url.starts_with("embedded:") && !stream_url.starts_with("embedded:"),
-        "tiffin serve needs a broker that other processes share: pass --bus amqp://... or --bus nats://... \
+        "tiffin serve needs a broker that other processes share: pass --bus amqp://..., --bus nats://... or --bus kafka://... \
          (the embedded bus belongs to one process; use tiffin up for that)"
     );
     std::fs::create_dir_all(&args.data.data_dir)
