@@ -314,9 +314,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub simulation: SimulationArgs,
 
-    /// The deployment runs no delivery service, so orders end at ready: the
-    /// gateway answers delivery's paths with 404 and its readiness leaves
-    /// delivery out. The place-order benchmark's flow runs this way.
+    /// The deployment runs no delivery service, so orders end at ready. The
+    /// gateway returns 404 for delivery's paths, and its readiness leaves delivery
+    /// out. The place-order benchmark's flow runs this way.
     #[arg(long)]
     pub without_delivery: bool,
 }
@@ -515,7 +515,7 @@ pub enum Flow {
 }
 
 impl Flow {
-    /// Whether the system under test runs the delivery service.
+    /// Returns whether the system under test runs the delivery service.
     pub fn delivery(self) -> crate::system::Delivery {
         match self {
             Self::Ready => crate::system::Delivery::LeftOut,
@@ -523,7 +523,7 @@ impl Flow {
         }
     }
 
-    /// The name on the command line.
+    /// Returns the name used on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ready => "ready",

@@ -32,8 +32,8 @@ async fn main() -> ExitCode {
     // progress and log only problems.
     let default_filter = match cli.command {
         Command::Up(_) | Command::Serve(_) => "info,sqlx=warn",
-        // The benchmark asks RabbitMQ whether a queue exists, and the broker
-        // answers "no" by closing the channel, which lapin logs as an error.
+        // The benchmark checks whether a RabbitMQ queue exists. The broker reports
+        // a missing queue by closing the channel, which lapin logs as an error.
         Command::Bench(_) => "warn,sqlx=error,lapin::channel=off",
         _ => "warn,sqlx=error",
     };

@@ -173,8 +173,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts every service process with the settings of `args` over `data_dir`,
-    /// running this same executable as `tiffin serve`; the delivery service only
-    /// when `delivery` says it runs.
+    /// running this same executable as `tiffin serve`. The delivery service starts
+    /// only when `delivery` is [`Delivery::Runs`].
     ///
     /// # Errors
     ///

@@ -68,13 +68,13 @@ pub enum Delivery {
     #[default]
     Runs,
     /// No delivery service: orders end at `ready` with their payment authorized,
-    /// and the gateway answers delivery's paths with 404. The place-order
+    /// and the gateway returns 404 for delivery's paths. The place-order
     /// benchmark's flow ends at `ready`, as the reference implementation's does.
     LeftOut,
 }
 
 impl Delivery {
-    /// The statuses after which an order changes no more.
+    /// Returns the statuses after which an order no longer changes.
     pub fn final_statuses(self) -> &'static [&'static str] {
         match self {
             Self::Runs => &["delivered", "rejected", "cancelled", "payment_declined"],

@@ -348,9 +348,9 @@ impl Distributed {
         place_slow_orders(&self.http, &self.gateway, &self.token, count, tag).await
     }
 
-    /// Polls an order's status for up to 90 s until it is `wanted`, and returns
+    /// Polls an order's status for up to 90 s until it is `expected`, and returns
     /// the last status read.
-    pub(crate) async fn await_status(&self, order_id: &str, wanted: &str) -> String {
+    pub(crate) async fn await_status(&self, order_id: &str, expected: &str) -> String {
         let mut status = String::new();
         for _ in 0..900 {
             let body: serde_json::Value = self
@@ -364,7 +364,7 @@ impl Distributed {
                 .await
                 .unwrap_or_default();
             status = body["status"].as_str().unwrap_or_default().to_owned();
-            if status == wanted {
+            if status == expected {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -412,6 +412,7 @@ async fn distributed_without_delivery_ends_at_ready() {
         Delivery::LeftOut,
     )
     .await;
+
     assert!(
         system
             .cluster
@@ -420,10 +421,12 @@ async fn distributed_without_delivery_ends_at_ready() {
             .all(|(service, _)| *service != "delivery")
     );
     let orders = system.place(3, "takeaway").await;
+
     for order_id in &orders {
         let status = system.await_status(order_id, "ready").await;
         assert_eq!(status, "ready", "order {order_id}");
     }
+
     let delivery = system
         .http
         .get(format!(
@@ -434,6 +437,7 @@ async fn distributed_without_delivery_ends_at_ready() {
         .await
         .unwrap();
     assert_eq!(delivery.status(), reqwest::StatusCode::NOT_FOUND);
+
     let databases = system.cluster.databases().clone();
     tiffin::system::wait_quiet(&databases, None, Delivery::LeftOut, Duration::from_secs(60))
         .await
@@ -442,6 +446,7 @@ async fn distributed_without_delivery_ends_at_ready() {
         .await
         .expect("counts");
     system.cluster.stop().await;
+
     assert_eq!(counts.placed, 3);
     assert_eq!(counts.lost, 0);
     assert_eq!(counts.missing_tickets, 0);

@@ -233,7 +233,7 @@ impl RabbitBus {
     }
 }
 
-/// Returns true when the broker answered 404 NOT_FOUND.
+/// Returns true when the broker replied 404 NOT_FOUND.
 fn is_not_found(error: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     matches!(

@@ -94,7 +94,7 @@ pub struct Upstreams {
     /// The kitchen service.
     pub kitchen: String,
     /// The delivery service, or `None` in a deployment without it (a benchmark of
-    /// the flow up to `ready`): its paths then answer 404 and readiness leaves it
+    /// the flow up to `ready`). Its paths then return 404, and readiness leaves it
     /// out.
     pub delivery: Option<String>,
     /// The notification service.

@@ -81,17 +81,18 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
 /// Maps a forwarding failure to the problem returned to the client, logging its
 /// cause.
 fn problem_for(error: &ForwardError) -> Problem {
-    if let ForwardError::NotDeployed { upstream } = error {
-        // A request for a service the deployment leaves out is the client's
-        // mistake, not a fault of the gateway.
-        tracing::debug!(%upstream, "request for a service this deployment does not run");
-        return Problem::not_found(format!(
-            "this deployment runs no {upstream} service, so nothing serves its paths"
-        ));
+    // A request for a service the deployment leaves out is the client's mistake,
+    // not a fault of the gateway.
+    if !matches!(error, ForwardError::NotDeployed { .. }) {
+        tracing::warn!(error = %error, cause = ?error, "failed to forward a request");
     }
-    tracing::warn!(error = %error, cause = ?error, "failed to forward a request");
     match error {
-        ForwardError::NotDeployed { .. } => unreachable!("answered above"),
+        ForwardError::NotDeployed { upstream } => {
+            tracing::debug!(%upstream, "request for a service this deployment does not run");
+            Problem::not_found(format!(
+                "this deployment runs no {upstream} service, so nothing serves its paths"
+            ))
+        }
         ForwardError::Unreachable {
             upstream, base_url, ..
         } => Problem::new(
