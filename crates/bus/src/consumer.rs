@@ -156,7 +156,9 @@ fn fastrand_f64() -> f64 {
 }
 
 /// Runs `handler` over a work queue until `shutdown` is cancelled, with up to
-/// `concurrency` messages in flight (a bulkhead per consumer).
+/// `concurrency` messages in flight (a bulkhead per consumer). A handler that
+/// applies batches gets each fetch as one batch, with at most
+/// [`BATCHES_IN_FLIGHT`] batches at once.
 pub async fn run_queue(
     name: &str,
     mut receiver: Box<dyn QueueReceiver>,
@@ -167,11 +169,23 @@ pub async fn run_queue(
 ) {
     let name: Arc<str> = Arc::from(name);
     let permits = Arc::new(Semaphore::new(concurrency));
+    let batches = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let batching = handler.applies_batches();
     let policy = Arc::new(policy);
     let mut failures: u32 = 0;
     tracing::info!(consumer = %name, concurrency, "consumer started");
 
     while !shutdown.is_cancelled() {
+        // A batch handler fetches only when a batch slot is free. Until then, new
+        // messages gather in the prefetch for the next batch.
+        let batch_slot = if batching {
+            tokio::select! {
+                slot = batches.clone().acquire_owned() => Some(slot.expect("the semaphore is never closed")),
+                () = shutdown.cancelled() => break,
+            }
+        } else {
+            None
+        };
         // Fetch only as many messages as there are free handler slots, so nothing
         // waits in memory while its lease runs out.
         let free = permits.available_permits();
@@ -199,7 +213,10 @@ pub async fn run_queue(
                 continue;
             }
         };
-        if messages.len() > 1 && handler.applies_batches() {
+        if let Some(batch_slot) = batch_slot {
+            if messages.is_empty() {
+                continue;
+            }
             // One task and one transaction for the batch, which takes a slot per message.
             let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
             let batch_permits = permits
@@ -213,6 +230,7 @@ pub async fn run_queue(
             tokio::spawn(async move {
                 settle_queue_batch(&name, messages, handler.as_ref(), &policy).await;
                 drop(batch_permits);
+                drop(batch_slot);
             });
             continue;
         }
@@ -241,16 +259,28 @@ pub async fn run_queue(
     }
 }
 
+/// The number of batches a batch handler's queue runner applies at once. While
+/// they run, new messages wait in the prefetch, and the next fetch takes them
+/// together. A busy queue is then handled in a few large transactions instead of
+/// many small ones that each pay for a commit and contend for the same rows. With
+/// two, one batch can commit while the next one is applied.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 /// Handles a fetched batch with [`Handler::handle_batch`] and acks every message
 /// after it succeeds. When it fails, times out or panics, it changed nothing, so
 /// each message is handled and settled on its own, and only a bad one is retried
 /// or dead-lettered.
 async fn settle_queue_batch(
     name: &str,
-    messages: Vec<QueueMessage>,
+    mut messages: Vec<QueueMessage>,
     handler: &dyn Handler,
     policy: &RetryPolicy,
 ) {
+    if messages.len() == 1 {
+        let message = messages.pop().expect("one message");
+        settle_queue_message(name, message, handler, policy).await;
+        return;
+    }
     let envelopes: Vec<Envelope> = messages.iter().map(|m| m.envelope.clone()).collect();
     let guarded = AssertUnwindSafe(handler.handle_batch(&envelopes)).catch_unwind();
     match tokio::time::timeout(policy.handler_timeout, guarded).await {

@@ -1,7 +1,7 @@
 //! The bus contract, run against the embedded backend on a real SQLite file.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -518,4 +518,74 @@ async fn queue_batch_is_handled_in_one_call() {
 
     assert_eq!(*handler.batches.lock().unwrap(), vec![10]);
     assert_eq!(handler.seen.lock().unwrap().len(), 10);
+}
+
+/// A batch handler that takes a while and records how many of its batches ran at
+/// once.
+#[derive(Default)]
+struct SlowBatches {
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    batches: Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl Handler for SlowBatches {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(event)).await
+    }
+
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
+    async fn handle_batch(&self, events: &[Envelope]) -> Result<(), HandlerError> {
+        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(running, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        self.batches.lock().unwrap().push(events.len());
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn busy_queue_gathers_messages_into_few_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    let receiver = bus.queue(&queue_spec("analytics")).await.unwrap();
+    let handler = Arc::new(SlowBatches::default());
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(run_queue(
+        "analytics",
+        receiver,
+        handler.clone(),
+        fast_policy(3),
+        64,
+        stop.clone(),
+    ));
+
+    // One message per publish, while the consumer runs: without a limit on
+    // batches each would start a batch of its own beside the others.
+    for n in 1..=40 {
+        bus.publish(&[ping("k", n)]).await.unwrap();
+    }
+    eventually("every message is acked", async || {
+        bus.queue_depth("analytics").await.unwrap() == 0
+    })
+    .await;
+    stop.cancel();
+    consumer.await.unwrap();
+
+    let batches = handler.batches.lock().unwrap().clone();
+    assert_eq!(batches.iter().sum::<usize>(), 40, "batches: {batches:?}");
+    assert!(
+        handler.max_running.load(Ordering::SeqCst) <= 2,
+        "{} batches ran at once",
+        handler.max_running.load(Ordering::SeqCst)
+    );
+    assert!(
+        batches.iter().any(|&size| size > 1),
+        "messages that arrived while batches ran were gathered: {batches:?}"
+    );
 }
