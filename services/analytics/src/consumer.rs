@@ -1,8 +1,10 @@
 //! The projection: folds order events into `order_facts` and `status_changes`.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use sqlx::{Any, Transaction};
-use tiffin_bus::envelope::Envelope;
+use tiffin_bus::envelope::{Envelope, EventData};
 use tiffin_bus::{Handler, HandlerError, inbox};
 use tiffin_events::order::{
     OrderAccepted, OrderDelivered, OrderPlaced, OrderReady, OrderStatusChanged,
@@ -42,77 +44,102 @@ impl Handler for Projection {
         let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
         let mut tx = self.db.begin_write().await?;
         let mut new = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
-        let mut changes = Vec::new();
+        let mut facts = Facts::default();
         for event in events {
             // Taking the id out applies an event given twice in the batch once.
             if new.remove(&event.id) {
-                apply(&mut tx, event, &mut changes).await?;
+                facts.add(event)?;
             }
         }
-        storage::record_status_changes(&mut tx, &changes).await?;
+        facts.record(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
-/// Applies `event` to the order facts in `tx`, and adds a status change to
-/// `changes`, which the caller records for the whole batch with one statement.
-async fn apply(
-    tx: &mut Transaction<'_, Any>,
-    event: &Envelope,
-    changes: &mut Vec<(OrderStatusChanged, OrderStatus)>,
-) -> Result<(), HandlerError> {
-    match event.event_type.as_str() {
-        "order.placed" => {
-            let data = event
-                .decode::<OrderPlaced>()
-                .map_err(HandlerError::permanent)?;
-            storage::record_placed(
-                tx,
-                &data.order_id,
-                &data.restaurant_id,
-                data.total_cents,
-                &data.currency,
-                data.placed_at,
-            )
-            .await?;
+/// The new events of a batch, decoded and gathered by type, so that each type is
+/// written with one statement.
+#[derive(Debug, Default)]
+struct Facts {
+    placed: Vec<OrderPlaced>,
+    accepted: Vec<OrderAccepted>,
+    ready: Vec<OrderReady>,
+    delivered: Vec<OrderDelivered>,
+    changes: Vec<(OrderStatusChanged, OrderStatus)>,
+}
+
+impl Facts {
+    /// Decodes `event` and adds it to its type's list.
+    fn add(&mut self, event: &Envelope) -> Result<(), HandlerError> {
+        match event.event_type.as_str() {
+            "order.placed" => self.placed.push(decode(event)?),
+            "order.accepted" => self.accepted.push(decode(event)?),
+            "order.ready" => self.ready.push(decode(event)?),
+            "order.delivered" => self.delivered.push(decode(event)?),
+            "order.status_changed" => {
+                let data: OrderStatusChanged = decode(event)?;
+                let status = OrderStatus::parse(&data.status).ok_or_else(|| {
+                    HandlerError::permanent(anyhow::anyhow!(
+                        "event {} has an unknown order status {:?}: expected one of {}",
+                        event.id,
+                        data.status,
+                        OrderStatus::ALL.map(OrderStatus::as_str).join(", ")
+                    ))
+                })?;
+                self.changes.push((data, status));
+            }
+            // Pickups, rejections and cancellations are counted from the status
+            // changes, which carry the order service's decision rather than the raw
+            // report.
+            other => tracing::trace!(event_type = other, "event type not projected"),
         }
-        "order.accepted" => {
-            let data = event
-                .decode::<OrderAccepted>()
-                .map_err(HandlerError::permanent)?;
-            storage::record_accepted(tx, &data.order_id, data.accepted_at).await?;
-        }
-        "order.ready" => {
-            let data = event
-                .decode::<OrderReady>()
-                .map_err(HandlerError::permanent)?;
-            storage::record_ready(tx, &data.order_id, data.ready_at, data.preparation_ms).await?;
-        }
-        "order.delivered" => {
-            let data = event
-                .decode::<OrderDelivered>()
-                .map_err(HandlerError::permanent)?;
-            storage::record_delivered(tx, &data.order_id, data.delivered_at, data.delivery_ms)
-                .await?;
-        }
-        "order.status_changed" => {
-            let data = event
-                .decode::<OrderStatusChanged>()
-                .map_err(HandlerError::permanent)?;
-            let status = OrderStatus::parse(&data.status).ok_or_else(|| {
-                HandlerError::permanent(anyhow::anyhow!(
-                    "event {} has an unknown order status {:?}: expected one of {}",
-                    event.id,
-                    data.status,
-                    OrderStatus::ALL.map(OrderStatus::as_str).join(", ")
-                ))
-            })?;
-            changes.push((data, status));
-        }
-        // Pickups, rejections and cancellations are counted from the status changes,
-        // which carry the order service's decision rather than the raw report.
-        other => tracing::trace!(event_type = other, "event type not projected"),
+        Ok(())
     }
-    Ok(())
+
+    /// Writes the facts in `tx`, one statement per event type present.
+    async fn record(&self, tx: &mut Transaction<'_, Any>) -> Result<(), HandlerError> {
+        let placed = last_per_order(&self.placed, |order| &order.order_id);
+        let accepted = last_per_order(&self.accepted, |order| &order.order_id);
+        let ready = last_per_order(&self.ready, |order| &order.order_id);
+        let delivered = last_per_order(&self.delivered, |order| &order.order_id);
+        storage::record_placed(tx, &placed).await?;
+        storage::record_accepted(tx, &accepted).await?;
+        storage::record_ready(tx, &ready).await?;
+        storage::record_delivered(tx, &delivered).await?;
+        storage::record_status_changes(tx, &self.changes).await?;
+        Ok(())
+    }
+}
+
+fn decode<T: EventData>(event: &Envelope) -> Result<T, HandlerError> {
+    event.decode::<T>().map_err(HandlerError::permanent)
+}
+
+/// Returns the last event of each order, in the order given, which is what
+/// applying the events one by one would leave. Two events of one type for one
+/// order (a publish retried under a new id) must not reach the same upsert,
+/// because PostgreSQL rejects a statement that updates a row twice.
+fn last_per_order<T>(events: &[T], order_id: impl Fn(&T) -> &str) -> Vec<&T> {
+    let mut seen = HashSet::with_capacity(events.len());
+    let mut latest: Vec<&T> = events
+        .iter()
+        .rev()
+        .filter(|event| seen.insert(order_id(event)))
+        .collect();
+    latest.reverse();
+    latest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_per_order_is_kept_in_order() {
+        let events = [("a", 1), ("b", 2), ("a", 3), ("c", 4)];
+
+        let kept = last_per_order(&events, |event| event.0);
+
+        assert_eq!(kept, [&("b", 2), &("a", 3), &("c", 4)]);
+    }
 }

@@ -1,91 +1,117 @@
 //! The projection's SQL.
 
 use serde::Serialize;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row, Transaction};
-use tiffin_events::order::OrderStatusChanged;
+use tiffin_events::order::{
+    OrderAccepted, OrderDelivered, OrderPlaced, OrderReady, OrderStatusChanged,
+};
 use tiffin_runtime::db::{Database, placeholders};
 
 use crate::domain::{Distribution, EndingFigures, Funnel, OrderStatus, StatusCount, StatusFigures};
 
-/// Records a placed order.
+/// Records placed orders, one statement per chunk of rows.
 pub async fn record_placed(
     tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-    restaurant_id: &str,
-    total_cents: i64,
-    currency: &str,
-    placed_at: i64,
+    placed: &[&OrderPlaced],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO order_facts (order_id, restaurant_id, total_cents, currency, placed_at) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (order_id) DO UPDATE SET restaurant_id = excluded.restaurant_id, \
-           total_cents = excluded.total_cents, currency = excluded.currency, placed_at = excluded.placed_at",
-    )
-    .bind(order_id)
-    .bind(restaurant_id)
-    .bind(total_cents)
-    .bind(currency)
-    .bind(placed_at)
-    .execute(&mut **tx)
-    .await?;
+    const COLUMNS: [&str; 4] = ["restaurant_id", "total_cents", "currency", "placed_at"];
+    for chunk in placed.chunks(FACTS_PER_UPSERT) {
+        let mut query = upsert_facts(&COLUMNS, chunk.len());
+        for order in chunk {
+            query = query
+                .bind(&order.order_id)
+                .bind(&order.restaurant_id)
+                .bind(order.total_cents)
+                .bind(&order.currency)
+                .bind(order.placed_at);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
-/// Records an acceptance. The order's row may not exist yet when events arrive out of
+/// Records acceptances. An order's row may not exist yet when events arrive out of
 /// order; the later `order.placed` fills in the rest.
 pub async fn record_accepted(
     tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-    accepted_at: i64,
+    accepted: &[&OrderAccepted],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO order_facts (order_id, accepted_at) VALUES ($1, $2) \
-         ON CONFLICT (order_id) DO UPDATE SET accepted_at = excluded.accepted_at",
-    )
-    .bind(order_id)
-    .bind(accepted_at)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in accepted.chunks(FACTS_PER_UPSERT) {
+        let mut query = upsert_facts(&["accepted_at"], chunk.len());
+        for order in chunk {
+            query = query.bind(&order.order_id).bind(order.accepted_at);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
-/// Records that an order is ready, with its preparation time.
+/// Records that orders are ready, with their preparation times.
 pub async fn record_ready(
     tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-    ready_at: i64,
-    preparation_ms: i64,
+    ready: &[&OrderReady],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO order_facts (order_id, ready_at, preparation_ms) VALUES ($1, $2, $3) \
-         ON CONFLICT (order_id) DO UPDATE SET ready_at = excluded.ready_at, preparation_ms = excluded.preparation_ms",
-    )
-    .bind(order_id)
-    .bind(ready_at)
-    .bind(preparation_ms)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in ready.chunks(FACTS_PER_UPSERT) {
+        let mut query = upsert_facts(&["ready_at", "preparation_ms"], chunk.len());
+        for order in chunk {
+            query = query
+                .bind(&order.order_id)
+                .bind(order.ready_at)
+                .bind(order.preparation_ms);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
-/// Records that an order was delivered, with the courier's delivery time.
+/// Records that orders were delivered, with the couriers' delivery times.
 pub async fn record_delivered(
     tx: &mut Transaction<'_, Any>,
-    order_id: &str,
-    delivered_at: i64,
-    delivery_ms: i64,
+    delivered: &[&OrderDelivered],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO order_facts (order_id, delivered_at, delivery_ms) VALUES ($1, $2, $3) \
-         ON CONFLICT (order_id) DO UPDATE SET delivered_at = excluded.delivered_at, delivery_ms = excluded.delivery_ms",
-    )
-    .bind(order_id)
-    .bind(delivered_at)
-    .bind(delivery_ms)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in delivered.chunks(FACTS_PER_UPSERT) {
+        let mut query = upsert_facts(&["delivered_at", "delivery_ms"], chunk.len());
+        for order in chunk {
+            query = query
+                .bind(&order.order_id)
+                .bind(order.delivered_at)
+                .bind(order.delivery_ms);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
+}
+
+/// The maximum number of orders per upsert of `order_facts`. With up to 5
+/// parameters each, that stays far below both engines' parameter limits.
+const FACTS_PER_UPSERT: usize = 500;
+
+/// Returns an unbound upsert of `rows` rows into `order_facts`, each the order id
+/// followed by `columns`, which overwrite the columns of an existing row.
+///
+/// PostgreSQL rejects a statement that updates one row twice, so the rows must
+/// name distinct orders.
+fn upsert_facts(columns: &[&str], rows: usize) -> Query<'static, Any, AnyArguments> {
+    let width = columns.len() + 1;
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("({})", placeholders(i * width + 1, width)))
+        .collect();
+    let updates: Vec<String> = columns
+        .iter()
+        .map(|column| format!("{column} = excluded.{column}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO order_facts (order_id, {}) VALUES {} \
+         ON CONFLICT (order_id) DO UPDATE SET {}",
+        columns.join(", "),
+        values.join(", "),
+        updates.join(", ")
+    );
+    // Only column names from this file and placeholders are formatted in. The text
+    // varies with the number of rows, so it is not kept as a prepared statement.
+    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false)
 }
 
 /// Records that orders reached statuses, except where an earlier event already
