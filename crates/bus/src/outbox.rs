@@ -56,6 +56,9 @@ pub async fn enqueue(
 /// seeding the catalog's 13,239 events).
 const ROWS_PER_INSERT: usize = 150;
 
+/// The largest [`enqueue_many`] statement kept as a prepared statement.
+const PREPARED_ROWS: usize = 4;
+
 /// Ids per `DELETE` once a batch is published: one statement instead of a round
 /// trip per row, and far below SQLite's limit of 32,766 parameters.
 const ROWS_PER_DELETE: usize = 256;
@@ -82,7 +85,11 @@ pub async fn enqueue_many(
             "INSERT INTO outbox (event_id, envelope, created_at) VALUES {}",
             rows.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        // The text varies with the number of rows. The few short forms that a
+        // placement or a small batch writes are kept as prepared statements; the
+        // rest are parsed each time rather than filling the statement cache.
+        let mut query =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= PREPARED_ROWS);
         for envelope in chunk {
             let json = serde_json::to_string(envelope).expect("an envelope always serializes");
             query = query.bind(envelope.id.as_str()).bind(json).bind(now);

@@ -184,9 +184,7 @@ pub async fn place_order(
             return Ok(false);
         }
         storage::insert_order(&mut tx, &new_order, idempotency_key, &request_hash).await?;
-        for event in &events {
-            outbox::enqueue(&mut tx, event).await?;
-        }
+        outbox::enqueue_many(&mut tx, &events).await?;
         tx.commit().await.map(|()| true)
     }
     .await;
