@@ -92,7 +92,9 @@ pub struct Options {
     /// group binds is unroutable. Default `tiffin.stream`.
     pub stream: Option<String>,
     /// Messages the broker sends a receiver ahead of its fetches (`basic.qos`).
-    /// Default 64, as many as the largest consumer handles at once.
+    /// Default 256, as many as the largest consumer handles at once (the order
+    /// service's lifecycle). A consumer that handles fewer leaves the rest
+    /// waiting in its buffer for the next fetch.
     pub prefetch: u16,
     /// Deliveries after which a work queue's broker dead-letters a message that was
     /// never settled (`x-delivery-limit`, quorum queues only). Keep it above the
@@ -111,7 +113,7 @@ impl Default for Options {
         Self {
             exchange: "tiffin.events".to_owned(),
             stream: Some("tiffin.stream".to_owned()),
-            prefetch: 64,
+            prefetch: 256,
             delivery_limit: 20,
             work_queues: WorkQueueType::Quorum,
             connection_name: "tiffin".to_owned(),
