@@ -1,7 +1,7 @@
 //! The order handler: decides each `order.placed`, opening a ticket and announcing
 //! `order.accepted` or `order.rejected`, and applies `order.cancelled`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tiffin_runtime::time::now_millis;
 use tokio::sync::Notify;
 
 use crate::domain::decision::{self, Circumstances, Decision, Limits};
-use crate::domain::{self, Ticket, TicketStatus, TimeScale, stock};
+use crate::domain::{self, KnownRestaurant, Ticket, TicketStatus, TimeScale, stock};
 use crate::storage;
 
 /// The consumer group, which is also the inbox's consumer name.
@@ -100,8 +100,20 @@ impl Handler for OrderHandler {
         let keys: Vec<&str> = works.iter().flat_map(OrderWork::keys).collect();
         let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
 
+        let placed: Vec<&str> = works
+            .iter()
+            .filter_map(|work| match work {
+                OrderWork::Placed(order) => Some(order.order_id.as_str()),
+                OrderWork::Cancelled(_) => None,
+            })
+            .collect();
+
         let mut tx = self.db.begin_write_for(&keys).await?;
         let mut new = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
+        let mut reads = BatchReads {
+            ticketed: storage::orders_with_tickets(&mut tx, &placed).await?,
+            ..BatchReads::default()
+        };
         let mut outgoing = Vec::new();
         let mut accepted = false;
         for (event, work) in events.iter().zip(works) {
@@ -112,7 +124,7 @@ impl Handler for OrderHandler {
             }
             match work {
                 OrderWork::Placed(order) => {
-                    let decided = self.place(&mut tx, event, order).await?;
+                    let decided = self.place(&mut tx, &mut reads, event, order).await?;
                     if let Some((ticket_status, announcement)) = decided {
                         accepted |= ticket_status == TicketStatus::Accepted;
                         outgoing.push(announcement);
@@ -120,6 +132,7 @@ impl Handler for OrderHandler {
                 }
                 OrderWork::Cancelled(cancelled) => {
                     self.cancel(&mut tx, event, &cancelled).await?;
+                    reads.cancelled(&cancelled);
                 }
             }
         }
@@ -144,6 +157,7 @@ impl OrderHandler {
     async fn place(
         &self,
         tx: &mut Transaction<'static, Any>,
+        reads: &mut BatchReads,
         event: &Envelope,
         order: OrderPlaced,
     ) -> Result<Option<(TicketStatus, Envelope)>, HandlerError> {
@@ -156,26 +170,19 @@ impl OrderHandler {
         };
         let trace = event.trace_context();
 
-        let existing = storage::find_ticket_in(tx, &order.order_id)
-            .await
-            .map_err(HandlerError::transient)?;
-        if let Some(existing) = existing {
-            tracing::debug!(
-                order_id = %order.order_id,
-                status = %existing.ticket.status,
-                "order already has a ticket; event ignored"
-            );
+        if reads.ticketed.contains(&order.order_id) {
+            tracing::debug!(order_id = %order.order_id, "order already has a ticket; event ignored");
             return Ok(None);
         }
 
-        let restaurant = storage::find_restaurant(tx, &order.restaurant_id).await?;
-        let hours = domain::opening_hours(restaurant.as_ref());
+        let restaurant = reads.restaurant(tx, &order.restaurant_id).await?;
+        let hours = domain::opening_hours(restaurant);
         let ordered = stock::ordered_quantities(&order.lines);
         let levels =
             storage::stock_levels(tx, &order.restaurant_id, ordered.keys().map(String::as_str))
                 .await?;
         let shortages = stock::shortages(&order.lines, &levels);
-        let open_tickets = storage::count_open_tickets(tx, &order.restaurant_id).await?;
+        let open_tickets = reads.open_tickets(tx, &order.restaurant_id).await?;
         let decision = decision::decide(
             &Circumstances {
                 restaurant_id: &order.restaurant_id,
@@ -260,6 +267,13 @@ impl OrderHandler {
                 order.order_id
             )));
         }
+        reads.ticketed.insert(ticket.order_id.clone());
+        if ticket.status == TicketStatus::Accepted {
+            *reads
+                .open_tickets
+                .entry(ticket.restaurant_id.clone())
+                .or_default() += 1;
+        }
         tracing::trace!(
             order_id = %ticket.order_id,
             ticket_id = %ticket.ticket_id,
@@ -343,5 +357,55 @@ impl OrderHandler {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads that the placements of one batch share, made once and kept current as
+/// the batch adds tickets. A change that another transaction commits meanwhile
+/// (the ready timer closing tickets, a restaurant's new opening hours) applies
+/// from the next batch on. Until then the count of open tickets can only be too
+/// high, which makes the kitchen reject a busy restaurant's orders a little early.
+#[derive(Debug, Default)]
+struct BatchReads {
+    /// The batch's placed orders that have a ticket.
+    ticketed: HashSet<String>,
+    restaurants: HashMap<String, Option<KnownRestaurant>>,
+    /// Accepted tickets per restaurant.
+    open_tickets: HashMap<String, i64>,
+}
+
+impl BatchReads {
+    /// Returns the restaurant from the replica, read once per batch.
+    async fn restaurant(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+        restaurant_id: &str,
+    ) -> Result<Option<&KnownRestaurant>, sqlx::Error> {
+        if !self.restaurants.contains_key(restaurant_id) {
+            let found = storage::find_restaurant(tx, restaurant_id).await?;
+            self.restaurants.insert(restaurant_id.to_owned(), found);
+        }
+        Ok(self.restaurants[restaurant_id].as_ref())
+    }
+
+    /// Returns the restaurant's accepted tickets, counted once per batch.
+    async fn open_tickets(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+        restaurant_id: &str,
+    ) -> Result<i64, sqlx::Error> {
+        if let Some(&count) = self.open_tickets.get(restaurant_id) {
+            return Ok(count);
+        }
+        let count = storage::count_open_tickets(tx, restaurant_id).await?;
+        self.open_tickets.insert(restaurant_id.to_owned(), count);
+        Ok(count)
+    }
+
+    /// Accounts for a cancellation the batch applied: the order has a ticket now,
+    /// and the restaurant's open tickets are counted again when next needed.
+    fn cancelled(&mut self, cancelled: &OrderCancelled) {
+        self.ticketed.insert(cancelled.order_id.clone());
+        self.open_tickets.remove(&cancelled.restaurant_id);
     }
 }

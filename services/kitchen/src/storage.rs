@@ -97,6 +97,28 @@ pub(crate) async fn insert_ticket(
     Ok(inserted == 1)
 }
 
+/// Returns those of `order_ids` that have a ticket.
+pub(crate) async fn orders_with_tickets(
+    tx: &mut Transaction<'_, Any>,
+    order_ids: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut found = HashSet::new();
+    for chunk in order_ids.chunks(500) {
+        let sql = format!(
+            "SELECT order_id FROM tickets WHERE order_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        // Only placeholders are formatted in. The text varies with the batch's
+        // size, so it is not kept as a prepared statement.
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        found.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(found)
+}
+
 /// Finds the ticket of `order_id`.
 pub(crate) async fn find_ticket(pool: &AnyPool, order_id: &str) -> anyhow::Result<Option<Ticket>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -346,6 +346,21 @@ async fn read_events(stream: &mut Box<dyn StreamReceiver>, until: &str) -> Vec<E
     events
 }
 
+/// Returns the type and order id of each acceptance and rejection in `events`.
+fn decisions(events: &[Envelope]) -> Vec<(&str, String)> {
+    events
+        .iter()
+        .filter(|event| event.event_type != "order.ready")
+        .map(|event| {
+            let order_id = match event.event_type.as_str() {
+                "order.accepted" => event.decode::<OrderAccepted>().expect("decodes").order_id,
+                _ => event.decode::<OrderRejected>().expect("decodes").order_id,
+            };
+            (event.event_type.as_str(), order_id)
+        })
+        .collect()
+}
+
 fn types(events: &[Envelope]) -> Vec<&str> {
     events
         .iter()
@@ -782,17 +797,7 @@ async fn batch_decides_in_order() {
         .await
         .expect("batch handled again");
     let events = read_for(&mut stream, SETTLE * 4).await;
-    let decisions: Vec<(&str, String)> = events
-        .iter()
-        .filter(|event| event.event_type != "order.ready")
-        .map(|event| {
-            let order_id = match event.event_type.as_str() {
-                "order.accepted" => event.decode::<OrderAccepted>().expect("decodes").order_id,
-                _ => event.decode::<OrderRejected>().expect("decodes").order_id,
-            };
-            (event.event_type.as_str(), order_id)
-        })
-        .collect();
+    let decisions = decisions(&events);
     let stock = kitchen.stock().await;
 
     let expected = [
@@ -937,6 +942,41 @@ async fn capacity_one_rejects_second() {
     let rejected: OrderRejected = events[1].decode().expect("order.rejected decodes");
     assert_eq!(rejected.order_id, "order-2");
     assert_eq!(rejected.reason, RejectReason::AtCapacity);
+    kitchen.stop().await;
+}
+
+#[tokio::test]
+async fn capacity_counts_within_batch() {
+    let fixture = Fixture::new().await;
+    let mut stream = fixture.kitchen_events().await;
+    let mut settings = fixture.settings(1.0);
+    settings.capacity_per_restaurant = 1;
+    let kitchen = fixture.start(settings).await;
+    let batch = [
+        order_placed("order-1", None),
+        order_placed("order-2", None),
+        order_cancelled("order-1"),
+        order_placed("order-3", None),
+    ];
+
+    kitchen
+        .handler
+        .handle_batch(&batch)
+        .await
+        .expect("batch handled");
+    let events = read_for(&mut stream, SETTLE * 4).await;
+
+    let decisions = decisions(&events);
+    let expected = [
+        ("order.accepted", "order-1"),
+        ("order.rejected", "order-2"),
+        ("order.accepted", "order-3"),
+    ];
+    let expected: Vec<(&str, String)> = expected
+        .iter()
+        .map(|(kind, order_id)| (*kind, (*order_id).to_owned()))
+        .collect();
+    assert_eq!(decisions, expected);
     kitchen.stop().await;
 }
 
