@@ -6,6 +6,8 @@ use anyhow::Context;
 use serde::Serialize;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
+use tiffin_runtime::db::placeholders;
+
 use crate::domain::stock::StockQuantity;
 
 /// An item's stock limit.
@@ -26,23 +28,32 @@ pub(crate) async fn stock_levels<'a>(
     restaurant_id: &str,
     menu_item_ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let ids: Vec<&str> = menu_item_ids.into_iter().collect();
     let mut levels = BTreeMap::new();
-    // One lookup per item: orders have a handful of lines, and a portable `IN` list
-    // would need a statement built per order.
-    for menu_item_id in menu_item_ids {
-        let quantity: Option<i64> = sqlx::query_scalar(
-            "SELECT quantity FROM stock WHERE restaurant_id = $1 AND menu_item_id = $2",
-        )
-        .bind(restaurant_id)
-        .bind(menu_item_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some(quantity) = quantity {
-            levels.insert(menu_item_id.to_owned(), quantity);
+    for chunk in ids.chunks(ITEMS_PER_READ) {
+        let sql = format!(
+            "SELECT menu_item_id, quantity FROM stock WHERE restaurant_id = $1 \
+             AND menu_item_id IN ({})",
+            placeholders(2, chunk.len())
+        );
+        // Only placeholders are formatted in. An order has a handful of lines, so
+        // the few shapes are kept as prepared statements.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(chunk.len() <= 8)
+            .bind(restaurant_id);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            levels.insert(row.try_get("menu_item_id")?, row.try_get("quantity")?);
         }
     }
     Ok(levels)
 }
+
+/// The maximum number of items per stock read, far below both engines'
+/// parameter limits.
+const ITEMS_PER_READ: usize = 500;
 
 /// Takes `quantity` of an item from its stock row, and returns whether the item has
 /// a row. The row's `CHECK (quantity >= 0)` fails the statement when the stock is
