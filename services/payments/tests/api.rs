@@ -720,3 +720,72 @@ async fn postgres_authorize_then_capture() {
     app.stop().await.expect("service stops cleanly");
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_same_key_one_entry() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut app = TestApp::spawn_on(ProcessorSettings::default(), db.url().to_owned(), dir).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = app.client.clone();
+        calls.spawn(async move {
+            client
+                .clone()
+                .authorize(authorize_request("key-1", 2_500))
+                .await
+        });
+    }
+
+    let payments: Vec<Payment> = calls
+        .join_all()
+        .await
+        .into_iter()
+        .map(|result| result.expect("authorization succeeds").into_inner())
+        .collect();
+
+    assert!(
+        payments.iter().all(|payment| payment == &payments[0]),
+        "{payments:?}"
+    );
+    assert_eq!(app.reports.count_by_status().await.unwrap().total(), 1);
+    assert_eq!(
+        app.entry_kinds(&payments[0].payment_id).await,
+        [EntryKind::Authorize]
+    );
+    app.stop().await.expect("service stops cleanly");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_declined_card_is_recorded() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let processor = ProcessorSettings {
+        decline_rate: 1.0,
+        ..ProcessorSettings::default()
+    };
+    let mut app = TestApp::spawn_on(processor, db.url().to_owned(), dir).await;
+
+    let first = app
+        .authorize(authorize_request("key-1", 2_500))
+        .await
+        .unwrap();
+    let retry = app
+        .authorize(authorize_request("key-1", 2_500))
+        .await
+        .unwrap();
+
+    assert_eq!(status_of(&first), PaymentStatus::Declined);
+    assert_eq!(retry, first);
+    assert_eq!(
+        app.entry_kinds(&first.payment_id).await,
+        [EntryKind::Decline]
+    );
+    app.stop().await.expect("service stops cleanly");
+    db.close().await;
+}
