@@ -23,8 +23,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
 use sqlx::{Any, Row, Transaction};
-use tiffin_runtime::db::{Database, Engine};
+use tiffin_runtime::db::{Database, Engine, placeholders};
 use tiffin_runtime::time::now_millis;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -78,25 +80,42 @@ pub async fn enqueue_many(
 ) -> Result<(), sqlx::Error> {
     let now = now_millis();
     for chunk in envelopes.chunks(ROWS_PER_INSERT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
-            .collect();
-        let sql = format!(
-            "INSERT INTO outbox (event_id, envelope, created_at) VALUES {}",
-            rows.join(", ")
-        );
         // The text varies with the number of rows. The few short forms that a
-        // placement or a small batch writes are kept as prepared statements; the
-        // rest are parsed each time rather than filling the statement cache.
-        let mut query =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= PREPARED_ROWS);
-        for envelope in chunk {
-            let json = serde_json::to_string(envelope).expect("an envelope always serializes");
-            query = query.bind(envelope.id.as_str()).bind(json).bind(now);
-        }
-        query.execute(&mut **tx).await?;
+        // placement or a small batch writes are kept as prepared statements. The
+        // rest are parsed each time, so that they do not fill the statement cache.
+        let query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(1, chunk.len())))
+            .persistent(chunk.len() <= PREPARED_ROWS);
+        bind_rows(query, chunk, now).execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Returns an `INSERT` of `rows` outbox rows whose placeholders start at
+/// `$first`, three per row, for a statement that writes them together with
+/// other rows (a data-modifying `WITH` on PostgreSQL). Bind the rows with
+/// [`bind_rows`].
+pub fn insert_sql(first: usize, rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("({})", placeholders(first + i * 3, 3)))
+        .collect();
+    format!(
+        "INSERT INTO outbox (event_id, envelope, created_at) VALUES {}",
+        values.join(", ")
+    )
+}
+
+/// Binds the values of [`insert_sql`]'s rows: each envelope's id and JSON, and
+/// `now` as the time it was written.
+pub fn bind_rows<'q>(
+    mut query: Query<'q, Any, AnyArguments>,
+    envelopes: &[Envelope],
+    now: i64,
+) -> Query<'q, Any, AnyArguments> {
+    for envelope in envelopes {
+        let json = serde_json::to_string(envelope).expect("an envelope always serializes");
+        query = query.bind(envelope.id.clone()).bind(json).bind(now);
+    }
+    query
 }
 
 /// Publishes a service's outbox rows to the bus.
