@@ -16,7 +16,6 @@
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 use tiffin_bus::envelope::Envelope;
-use tiffin_bus::outbox;
 use tiffin_events::order::{OrderLine, OrderPlaced};
 use tiffin_runtime::db::is_unique_violation;
 use tiffin_runtime::problem::{Problem, internal_error};
@@ -183,8 +182,15 @@ pub async fn place_order(
         if unclaimed::claim(&mut tx, &order_id).await? == Claim::Released {
             return Ok(false);
         }
-        storage::insert_order(&mut tx, &new_order, idempotency_key, &request_hash).await?;
-        outbox::enqueue_many(&mut tx, &events).await?;
+        storage::insert_placement(
+            &mut tx,
+            state.db.engine(),
+            &new_order,
+            idempotency_key,
+            &request_hash,
+            &events,
+        )
+        .await?;
         tx.commit().await.map(|()| true)
     }
     .await;

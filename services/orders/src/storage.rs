@@ -1,4 +1,6 @@
-//! The order service's SQL. Every query is portable between SQLite and PostgreSQL.
+//! The order service's SQL. Every query is portable between SQLite and PostgreSQL,
+//! except the placement's write on PostgreSQL ([`insert_placement`]), which is one
+//! statement there.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,6 +11,10 @@ use tiffin_events::menu::MenuItemUpserted;
 use tiffin_runtime::db::{Database, placeholders};
 
 use crate::domain::{MenuItem, OrderStatus, PricedLine};
+
+mod placement;
+
+pub use self::placement::insert_placement;
 
 /// An order as stored, with its lines and timeline.
 #[derive(Debug, Clone, Serialize)]

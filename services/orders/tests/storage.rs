@@ -1,7 +1,9 @@
 //! The order service's multi-row reads and writes on SQLite and on a real
 //! PostgreSQL server.
 
+use tiffin_bus::envelope::Envelope;
 use tiffin_events::menu::MenuItemUpserted;
+use tiffin_events::order::OrderStatusChanged;
 use tiffin_orders::domain::{OrderStatus, PricedLine};
 use tiffin_orders::storage::{self, NewOrder, StoredAddress};
 use tiffin_runtime::db::{Database, PoolSettings};
@@ -60,7 +62,8 @@ async fn check_menu_items(db: &Database) {
     assert!(!items.contains_key("missing"));
 }
 
-/// Stores an order of three lines and reads its lines back in their order.
+/// Stores an order of three lines with an event, as a placement does, and reads
+/// the order, its lines in their order, its timeline, its key and its event back.
 async fn check_order_lines(db: &Database) {
     let lines = [
         line("soup", "Salmon soup", 2, 1_450),
@@ -86,10 +89,31 @@ async fn check_order_lines(db: &Database) {
         replay_delivery_minutes: Some(31),
         now: 1_000,
     };
+    let event = Envelope::new(
+        "/tiffin/orders",
+        &OrderStatusChanged {
+            order_id: "order-1".to_owned(),
+            customer_id: "customer-1".to_owned(),
+            restaurant_id: "restaurant-1".to_owned(),
+            status: "placed".to_owned(),
+            reason: None,
+            total_cents: 4_200,
+            currency: "EUR".to_owned(),
+            changed_at: 1_000,
+        },
+        None,
+    );
     let mut tx = db.begin_write().await.expect("begin");
-    storage::insert_order(&mut tx, &order, "key-1", "hash-1")
-        .await
-        .expect("insert order");
+    storage::insert_placement(
+        &mut tx,
+        db.engine(),
+        &order,
+        "key-1",
+        "hash-1",
+        std::slice::from_ref(&event),
+    )
+    .await
+    .expect("insert order");
     tx.commit().await.expect("commit");
 
     let stored = storage::find_order(db, "order-1")
@@ -97,9 +121,25 @@ async fn check_order_lines(db: &Database) {
         .expect("read")
         .expect("order exists");
 
+    let key = storage::find_idempotency_key(db, "customer-1", "key-1")
+        .await
+        .expect("read key");
+    let outbox: Vec<(String, String)> = sqlx::query_as("SELECT event_id, envelope FROM outbox")
+        .fetch_all(db.pool())
+        .await
+        .expect("read outbox");
+
     assert_eq!(stored.lines, lines);
     assert_eq!(stored.status, OrderStatus::Placed);
     assert_eq!(stored.replay_delivery_minutes, Some(31));
+    assert_eq!(stored.timeline.len(), 1);
+    assert_eq!(stored.timeline[0].status, OrderStatus::Placed);
+    assert_eq!(stored.timeline[0].at, 1_000);
+    assert_eq!(key, Some(("order-1".to_owned(), "hash-1".to_owned())));
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].0, event.id);
+    let written: Envelope = serde_json::from_str(&outbox[0].1).expect("envelope decodes");
+    assert_eq!(written.id, event.id);
     // The placement responds with `record` instead of reading the order back.
     assert_eq!(
         serde_json::to_value(order.record()).expect("serializes"),
