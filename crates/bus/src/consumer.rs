@@ -300,6 +300,10 @@ async fn settle_queue_batch(
                 _ => "the handler timed out".to_owned(),
             };
             tracing::debug!(consumer = %name, messages = envelopes.len(), error = %cause, "batch failed, handling its messages one by one");
+            // NOTE: one by one, a large batch can take longer than its lease when
+            // every message times out (a stalled database). A backend with leases
+            // (embedded, NATS) then hands the last ones out again meanwhile. The
+            // inbox absorbs the duplicate effects, but each round uses an attempt.
             for message in messages {
                 settle_queue_message(name, message, handler, policy).await;
             }
