@@ -135,11 +135,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn last_event_per_order_is_kept_in_order() {
+    fn last_event_per_order_wins() {
         let events = [("a", 1), ("b", 2), ("a", 3), ("c", 4)];
 
-        let kept = last_per_order(&events, |event| event.0);
+        let latest = last_per_order(&events, |event| event.0);
 
-        assert_eq!(kept, [&("b", 2), &("a", 3), &("c", 4)]);
+        assert_eq!(latest, [&("b", 2), &("a", 3), &("c", 4)]);
     }
 }

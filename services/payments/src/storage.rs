@@ -5,7 +5,8 @@
 //! two concurrent captures or voids of one payment exactly one changes it, on SQLite
 //! and on PostgreSQL alike.
 
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
 use sqlx::{Any, Row, Transaction};
 use tiffin_runtime::db::{Database, Engine};
 use uuid::Uuid;
@@ -80,8 +81,10 @@ async fn insert_payment_in_one_statement(
     new: &NewPayment<'_>,
 ) -> Result<Payment, sqlx::Error> {
     let payment = &new.payment;
-    let inserted = sqlx::query(
-        "WITH inserted AS ( \
+    let inserted = bind_new_payment(
+        new,
+        sqlx::query(
+            "WITH inserted AS ( \
            INSERT INTO payments (payment_id, idempotency_key, customer_id, reference, \
              amount_cents, currency, status, decline_reason, void_reason, captured_cents, \
              created_at, updated_at) \
@@ -90,18 +93,8 @@ async fn insert_payment_in_one_statement(
            RETURNING payment_id) \
          INSERT INTO ledger_entries (entry_id, payment_id, kind, amount_cents, created_at) \
          SELECT $12, payment_id, $13, $5, $10 FROM inserted",
+        ),
     )
-    .bind(&payment.payment_id)
-    .bind(new.idempotency_key)
-    .bind(&payment.customer_id)
-    .bind(&payment.reference)
-    .bind(payment.amount_cents)
-    .bind(&payment.currency)
-    .bind(payment.status.as_str())
-    .bind(payment.decline_reason.as_deref())
-    .bind(payment.captured_cents)
-    .bind(payment.created_at)
-    .bind(payment.updated_at)
     .bind(Uuid::now_v7().to_string())
     .bind(first_entry_kind(payment.status).as_str())
     .execute(db.pool())
@@ -127,23 +120,14 @@ async fn insert_payment_in_transaction(
     let payment = &new.payment;
     let mut tx = db.begin_write_for(&[]).await?;
 
-    let inserted = sqlx::query(
+    let inserted = bind_new_payment(
+        new,
+        sqlx::query(
         "INSERT INTO payments (payment_id, idempotency_key, customer_id, reference, amount_cents, \
          currency, status, decline_reason, void_reason, captured_cents, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11) \
          ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(&payment.payment_id)
-    .bind(new.idempotency_key)
-    .bind(&payment.customer_id)
-    .bind(&payment.reference)
-    .bind(payment.amount_cents)
-    .bind(&payment.currency)
-    .bind(payment.status.as_str())
-    .bind(payment.decline_reason.as_deref())
-    .bind(payment.captured_cents)
-    .bind(payment.created_at)
-    .bind(payment.updated_at)
+    ))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -175,6 +159,27 @@ async fn insert_payment_in_transaction(
     .await?;
     tx.commit().await?;
     Ok(payment.clone())
+}
+
+/// Binds the payment's columns to the `$1` to `$11` of both inserts of
+/// [`insert_payment`].
+fn bind_new_payment<'q>(
+    new: &NewPayment<'_>,
+    query: Query<'q, Any, AnyArguments>,
+) -> Query<'q, Any, AnyArguments> {
+    let payment = &new.payment;
+    query
+        .bind(payment.payment_id.clone())
+        .bind(new.idempotency_key.to_owned())
+        .bind(payment.customer_id.clone())
+        .bind(payment.reference.clone())
+        .bind(payment.amount_cents)
+        .bind(payment.currency.clone())
+        .bind(payment.status.as_str())
+        .bind(payment.decline_reason.clone())
+        .bind(payment.captured_cents)
+        .bind(payment.created_at)
+        .bind(payment.updated_at)
 }
 
 /// Returns the kind of ledger entry that records a new payment in `status`.

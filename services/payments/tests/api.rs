@@ -200,26 +200,31 @@ async fn same_key_other_amount_returns_first() {
     assert_eq!(second.amount_cents, 2_500);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_same_key_stores_one_payment() {
-    let app = TestApp::start().await;
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..8 {
+/// Sends `calls` authorizations with the same key at once and returns their
+/// payments.
+async fn authorize_concurrently(app: &TestApp, calls: usize) -> Vec<Payment> {
+    let mut pending = tokio::task::JoinSet::new();
+    for _ in 0..calls {
         let client = app.client.clone();
-        calls.spawn(async move {
+        pending.spawn(async move {
             client
                 .clone()
                 .authorize(authorize_request("key-1", 2_500))
                 .await
         });
     }
-
-    let payments: Vec<Payment> = calls
+    pending
         .join_all()
         .await
         .into_iter()
         .map(|result| result.expect("authorization succeeds").into_inner())
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_same_key_stores_one_payment() {
+    let app = TestApp::start().await;
+    let payments = authorize_concurrently(&app, 8).await;
 
     assert!(
         payments.iter().all(|payment| payment == &payments[0]),
@@ -728,23 +733,7 @@ async fn postgres_concurrent_same_key_one_entry() {
     };
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut app = TestApp::spawn_on(ProcessorSettings::default(), db.url().to_owned(), dir).await;
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let client = app.client.clone();
-        calls.spawn(async move {
-            client
-                .clone()
-                .authorize(authorize_request("key-1", 2_500))
-                .await
-        });
-    }
-
-    let payments: Vec<Payment> = calls
-        .join_all()
-        .await
-        .into_iter()
-        .map(|result| result.expect("authorization succeeds").into_inner())
-        .collect();
+    let payments = authorize_concurrently(&app, 8).await;
 
     assert!(
         payments.iter().all(|payment| payment == &payments[0]),
