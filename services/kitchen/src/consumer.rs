@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::domain::decision::{self, Circumstances, Decision, Limits};
 use crate::domain::{self, KnownRestaurant, Ticket, TicketStatus, TimeScale, stock};
-use crate::storage;
+use crate::storage::{self, NewTicket};
 
 /// The consumer group, which is also the inbox's consumer name.
 pub(crate) const CONSUMER: &str = "kitchen";
@@ -100,20 +100,18 @@ impl Handler for OrderHandler {
         let keys: Vec<&str> = works.iter().flat_map(OrderWork::keys).collect();
         let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
 
-        let placed: Vec<&str> = works
+        let placed: Vec<&OrderPlaced> = works
             .iter()
             .filter_map(|work| match work {
-                OrderWork::Placed(order) => Some(order.order_id.as_str()),
+                OrderWork::Placed(order) => Some(order),
                 OrderWork::Cancelled(_) => None,
             })
             .collect();
 
         let mut tx = self.db.begin_write_for(&keys).await?;
         let mut new = inbox::record_many(&mut tx, CONSUMER, &ids).await?;
-        let mut reads = BatchReads {
-            ticketed: storage::orders_with_tickets(&mut tx, &placed).await?,
-            ..BatchReads::default()
-        };
+        let mut reads = BatchReads::load(&mut tx, &placed).await?;
+        let mut tickets = Vec::new();
         let mut outgoing = Vec::new();
         let mut accepted = false;
         for (event, work) in events.iter().zip(works) {
@@ -125,17 +123,22 @@ impl Handler for OrderHandler {
             match work {
                 OrderWork::Placed(order) => {
                     let decided = self.place(&mut tx, &mut reads, event, order).await?;
-                    if let Some((ticket_status, announcement)) = decided {
-                        accepted |= ticket_status == TicketStatus::Accepted;
+                    if let Some((ticket, announcement)) = decided {
+                        accepted |= ticket.ticket.status == TicketStatus::Accepted;
+                        tickets.push(ticket);
                         outgoing.push(announcement);
                     }
                 }
                 OrderWork::Cancelled(cancelled) => {
-                    self.cancel(&mut tx, event, &cancelled).await?;
+                    // The cancellation reads the order's ticket, which may be one
+                    // of this batch's.
+                    insert_tickets(&mut tx, &mut tickets).await?;
+                    self.cancel(&mut tx, &mut reads, event, &cancelled).await?;
                     reads.cancelled(&cancelled);
                 }
             }
         }
+        insert_tickets(&mut tx, &mut tickets).await?;
         outbox::enqueue_many(&mut tx, &outgoing).await?;
         tx.commit().await?;
 
@@ -150,17 +153,18 @@ impl Handler for OrderHandler {
 }
 
 impl OrderHandler {
-    /// Decides a placed order inside `tx` and stores the decision as its ticket.
-    /// Returns the ticket's status and the event that announces it, or nothing
-    /// when the order already has a ticket. The caller has recorded the event in
-    /// the inbox and locked the restaurant and the order.
+    /// Decides a placed order inside `tx` and takes the stock it needs. Returns
+    /// the ticket that records the decision, for the caller to insert, and the
+    /// event that announces it, or nothing when the order already has a ticket.
+    /// The caller has recorded the event in the inbox and locked the restaurant
+    /// and the order.
     async fn place(
         &self,
         tx: &mut Transaction<'static, Any>,
         reads: &mut BatchReads,
         event: &Envelope,
         order: OrderPlaced,
-    ) -> Result<Option<(TicketStatus, Envelope)>, HandlerError> {
+    ) -> Result<Option<(NewTicket, Envelope)>, HandlerError> {
         let now = now_millis();
         // NOTE: the offset is fixed, so orders placed during daylight saving time are
         // judged an hour off unless the offset is changed with the season.
@@ -175,12 +179,9 @@ impl OrderHandler {
             return Ok(None);
         }
 
-        let restaurant = reads.restaurant(tx, &order.restaurant_id).await?;
-        let hours = domain::opening_hours(restaurant);
+        let hours = domain::opening_hours(reads.restaurants.get(&order.restaurant_id));
         let ordered = stock::ordered_quantities(&order.lines);
-        let levels =
-            storage::stock_levels(tx, &order.restaurant_id, ordered.keys().map(String::as_str))
-                .await?;
+        let levels = reads.stock_levels(&order.restaurant_id, ordered.keys());
         let shortages = stock::shortages(&order.lines, &levels);
         let open_tickets = reads.open_tickets(tx, &order.restaurant_id).await?;
         let decision = decision::decide(
@@ -223,6 +224,7 @@ impl OrderHandler {
                 for (menu_item_id, &quantity) in limited {
                     if storage::take_stock(tx, &order.restaurant_id, menu_item_id, quantity).await?
                     {
+                        reads.took(&order.restaurant_id, menu_item_id, quantity);
                         stock_taken.insert(menu_item_id.clone(), quantity);
                     }
                 }
@@ -257,16 +259,6 @@ impl OrderHandler {
             }
         };
 
-        let traceparent = trace.to_string();
-        if !storage::insert_ticket(tx, &ticket, Some(&traceparent), &stock_taken).await? {
-            // The ticket was absent when read above, so another transaction inserted
-            // it since. The caller rolls back, and the retry finds it and decides
-            // nothing.
-            return Err(HandlerError::transient(anyhow::anyhow!(
-                "order {} got a ticket from a concurrent handler",
-                order.order_id
-            )));
-        }
         reads.ticketed.insert(ticket.order_id.clone());
         if ticket.status == TicketStatus::Accepted {
             *reads
@@ -282,7 +274,12 @@ impl OrderHandler {
             %local_time,
             "order decided"
         );
-        Ok(Some((ticket.status, announcement)))
+        let ticket = NewTicket {
+            ticket,
+            traceparent: trace.to_string(),
+            stock_taken,
+        };
+        Ok(Some((ticket, announcement)))
     }
 
     /// Cancels the order's ticket inside `tx` while it is accepted, or records the
@@ -291,6 +288,7 @@ impl OrderHandler {
     async fn cancel(
         &self,
         tx: &mut Transaction<'static, Any>,
+        reads: &mut BatchReads,
         event: &Envelope,
         cancelled: &OrderCancelled,
     ) -> Result<(), HandlerError> {
@@ -317,14 +315,12 @@ impl OrderHandler {
                     ready_at: None,
                     cancelled_at: Some(now),
                 };
-                let traceparent = event.trace_context().to_string();
-                if !storage::insert_ticket(tx, &ticket, Some(&traceparent), &BTreeMap::new())
-                    .await?
-                {
-                    return Err(HandlerError::transient(anyhow::anyhow!(
-                        "order {order_id} got a ticket from a concurrent handler"
-                    )));
-                }
+                let mut ticket = vec![NewTicket {
+                    ticket,
+                    traceparent: event.trace_context().to_string(),
+                    stock_taken: BTreeMap::new(),
+                }];
+                insert_tickets(tx, &mut ticket).await?;
                 tracing::debug!(
                     order_id,
                     "order cancelled before it arrived; its order.placed will be ignored"
@@ -333,6 +329,7 @@ impl OrderHandler {
             Some(locked) if locked.ticket.status == TicketStatus::Accepted => {
                 if storage::cancel_ticket(tx, &locked.ticket.ticket_id, now).await? {
                     for (menu_item_id, &quantity) in &locked.stock_taken {
+                        reads.returned(&locked.ticket.restaurant_id, menu_item_id, quantity);
                         storage::return_stock(
                             tx,
                             &locked.ticket.restaurant_id,
@@ -360,35 +357,94 @@ impl OrderHandler {
     }
 }
 
-/// Reads that the placements of one batch share, made once and kept current as
-/// the batch adds tickets. A change that another transaction commits meanwhile
-/// (the ready timer closing tickets, a restaurant's new opening hours) applies
-/// from the next batch on. Until then the count of open tickets can only be too
-/// high, which makes the kitchen reject a busy restaurant's orders a little early.
+/// Inserts the decided tickets and empties `tickets`. Every one of them must go
+/// in: the batch read them as absent while holding its orders' locks, so a ticket
+/// that exists now came from a concurrent handler, and the error rolls the batch
+/// back for a retry that finds it.
+async fn insert_tickets(
+    tx: &mut Transaction<'static, Any>,
+    tickets: &mut Vec<NewTicket>,
+) -> Result<(), HandlerError> {
+    if tickets.is_empty() {
+        return Ok(());
+    }
+    let inserted = storage::insert_tickets(tx, tickets).await?;
+    if let Some(taken) = tickets
+        .iter()
+        .find(|new| !inserted.contains(&new.ticket.order_id))
+    {
+        return Err(HandlerError::transient(anyhow::anyhow!(
+            "order {} got a ticket from a concurrent handler",
+            taken.ticket.order_id
+        )));
+    }
+    tickets.clear();
+    Ok(())
+}
+
+/// Reads that the placements of one batch share, made with one statement each
+/// before the first decision and kept current as the batch takes stock and adds
+/// tickets. A change that another transaction commits meanwhile (the ready timer
+/// closing tickets, a restaurant's new opening hours) applies from the next batch
+/// on. Until then the count of open tickets can only be too high, which makes the
+/// kitchen reject a busy restaurant's orders a little early. When staff lower an
+/// item's stock below what the batch read and then takes, the take fails the stock
+/// row's check, and the batch is retried on fresh reads.
 #[derive(Debug, Default)]
 struct BatchReads {
     /// The batch's placed orders that have a ticket.
     ticketed: HashSet<String>,
-    restaurants: HashMap<String, Option<KnownRestaurant>>,
+    /// The batch's restaurants that the replica holds.
+    restaurants: HashMap<String, KnownRestaurant>,
     /// Accepted tickets per restaurant.
     open_tickets: HashMap<String, i64>,
+    /// The stock of the ordered items that have a limit, by restaurant and item.
+    stock: HashMap<(String, String), i64>,
 }
 
 impl BatchReads {
-    /// Returns the restaurant from the replica, read once per batch.
-    async fn restaurant(
-        &mut self,
+    /// Reads what deciding `placed` needs.
+    async fn load(
         tx: &mut Transaction<'static, Any>,
-        restaurant_id: &str,
-    ) -> Result<Option<&KnownRestaurant>, sqlx::Error> {
-        if !self.restaurants.contains_key(restaurant_id) {
-            let found = storage::find_restaurant(tx, restaurant_id).await?;
-            self.restaurants.insert(restaurant_id.to_owned(), found);
+        placed: &[&OrderPlaced],
+    ) -> Result<Self, sqlx::Error> {
+        if placed.is_empty() {
+            return Ok(Self::default());
         }
-        Ok(self.restaurants[restaurant_id].as_ref())
+        let order_ids: Vec<&str> = placed.iter().map(|order| order.order_id.as_str()).collect();
+        let mut restaurant_ids: Vec<&str> = placed
+            .iter()
+            .map(|order| order.restaurant_id.as_str())
+            .collect();
+        restaurant_ids.sort_unstable();
+        restaurant_ids.dedup();
+        let items: HashSet<(&str, &str)> = placed
+            .iter()
+            .flat_map(|order| {
+                order
+                    .lines
+                    .iter()
+                    .map(|line| (order.restaurant_id.as_str(), line.menu_item_id.as_str()))
+            })
+            .collect();
+
+        let ticketed = storage::orders_with_tickets(tx, &order_ids).await?;
+        let restaurants = storage::find_restaurants(tx, &restaurant_ids).await?;
+        let mut open_tickets = storage::count_open_tickets_of(tx, &restaurant_ids).await?;
+        for restaurant_id in &restaurant_ids {
+            open_tickets.entry((*restaurant_id).to_owned()).or_insert(0);
+        }
+        let stock = storage::stock_levels(tx, &items).await?;
+        Ok(Self {
+            ticketed,
+            restaurants,
+            open_tickets,
+            stock,
+        })
     }
 
-    /// Returns the restaurant's accepted tickets, counted once per batch.
+    /// Returns the restaurant's accepted tickets, counted again when a
+    /// cancellation of the batch made the count stale.
     async fn open_tickets(
         &mut self,
         tx: &mut Transaction<'static, Any>,
@@ -400,6 +456,37 @@ impl BatchReads {
         let count = storage::count_open_tickets(tx, restaurant_id).await?;
         self.open_tickets.insert(restaurant_id.to_owned(), count);
         Ok(count)
+    }
+
+    /// Returns the stock of those of `menu_item_ids` that have a limit.
+    fn stock_levels<'a>(
+        &self,
+        restaurant_id: &str,
+        menu_item_ids: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<String, i64> {
+        menu_item_ids
+            .into_iter()
+            .filter_map(|item| {
+                let key = (restaurant_id.to_owned(), item.clone());
+                self.stock.get(&key).map(|&level| (item.clone(), level))
+            })
+            .collect()
+    }
+
+    /// Accounts for stock that an acceptance took.
+    fn took(&mut self, restaurant_id: &str, menu_item_id: &str, quantity: u64) {
+        let key = (restaurant_id.to_owned(), menu_item_id.to_owned());
+        if let Some(level) = self.stock.get_mut(&key) {
+            *level = level.saturating_sub(i64::try_from(quantity).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Accounts for stock that a cancellation gave back.
+    fn returned(&mut self, restaurant_id: &str, menu_item_id: &str, quantity: u64) {
+        let key = (restaurant_id.to_owned(), menu_item_id.to_owned());
+        if let Some(level) = self.stock.get_mut(&key) {
+            *level = level.saturating_add(i64::try_from(quantity).unwrap_or(i64::MAX));
+        }
     }
 
     /// Accounts for a cancellation the batch applied: the order has a ticket now,

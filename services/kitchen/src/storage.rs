@@ -4,17 +4,18 @@
 mod restaurants;
 mod stock;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tiffin_runtime::db::placeholders;
 
 use crate::domain::{self, Ticket, TicketStatus};
 
-pub(crate) use self::restaurants::{count_restaurants, find_restaurant, upsert_restaurant};
+pub(crate) use self::restaurants::{count_restaurants, find_restaurants, upsert_restaurant};
 pub(crate) use self::stock::{
     StockEntry, list_stock, remove_stock, return_stock, set_stock, stock_levels, take_stock,
 };
@@ -59,43 +60,69 @@ const TICKET_COLUMNS: &str = "ticket_id, order_id, restaurant_id, status, reject
      reject_detail, lines, stock_taken, replay_delivery_minutes, created_at, accepted_at, \
      ready_at, ready_at_actual, cancelled_at";
 
-/// Inserts `ticket` unless its order already has one, and returns whether it did.
-/// `stock_taken` is what accepting it took from the stock rows.
-pub(crate) async fn insert_ticket(
-    tx: &mut Transaction<'_, Any>,
-    ticket: &Ticket,
-    traceparent: Option<&str>,
-    stock_taken: &BTreeMap<String, u64>,
-) -> Result<bool, sqlx::Error> {
-    let lines = serde_json::to_string(&ticket.lines).expect("order lines always serialize");
-    let stock_taken =
-        serde_json::to_string(stock_taken).expect("a map of strings to numbers serializes");
-    let inserted = sqlx::query(
-        "INSERT INTO tickets (ticket_id, order_id, restaurant_id, status, reject_reason, \
-         reject_detail, lines, stock_taken, traceparent, replay_delivery_minutes, created_at, \
-         accepted_at, ready_at, cancelled_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(&ticket.ticket_id)
-    .bind(&ticket.order_id)
-    .bind(&ticket.restaurant_id)
-    .bind(ticket.status.as_str())
-    .bind(ticket.reject_reason.map(|reason| reason.as_str()))
-    .bind(ticket.reject_detail.as_deref())
-    .bind(lines)
-    .bind(stock_taken)
-    .bind(traceparent)
-    .bind(ticket.replay_delivery_minutes.map(i64::from))
-    .bind(ticket.created_at)
-    .bind(ticket.accepted_at)
-    .bind(ticket.ready_by)
-    .bind(ticket.cancelled_at)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+/// A ticket to insert, with what its acceptance took from the stock rows.
+#[derive(Debug)]
+pub(crate) struct NewTicket {
+    pub(crate) ticket: Ticket,
+    pub(crate) traceparent: String,
+    /// The quantity taken from each stock row, by menu item.
+    pub(crate) stock_taken: BTreeMap<String, u64>,
 }
+
+/// Inserts the tickets whose orders have none yet, and returns the order ids of
+/// those it inserted.
+pub(crate) async fn insert_tickets(
+    tx: &mut Transaction<'_, Any>,
+    tickets: &[NewTicket],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut inserted = HashSet::with_capacity(tickets.len());
+    for chunk in tickets.chunks(TICKETS_PER_INSERT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * 14 + 1, 14)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO tickets (ticket_id, order_id, restaurant_id, status, reject_reason, \
+             reject_detail, lines, stock_taken, traceparent, replay_delivery_minutes, \
+             created_at, accepted_at, ready_at, cancelled_at) \
+             VALUES {} ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+            rows.join(", ")
+        );
+        // Only placeholders are formatted in. Batches of a few tickets are the
+        // common case when the kitchen keeps up, so their shapes stay prepared.
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .persistent(chunk.len() <= PREPARED_TICKETS);
+        for new in chunk {
+            let ticket = &new.ticket;
+            let lines = serde_json::to_string(&ticket.lines).expect("order lines always serialize");
+            let stock_taken = serde_json::to_string(&new.stock_taken)
+                .expect("a map of strings to numbers serializes");
+            query = query
+                .bind(ticket.ticket_id.clone())
+                .bind(ticket.order_id.clone())
+                .bind(ticket.restaurant_id.clone())
+                .bind(ticket.status.as_str())
+                .bind(ticket.reject_reason.map(|reason| reason.as_str()))
+                .bind(ticket.reject_detail.clone())
+                .bind(lines)
+                .bind(stock_taken)
+                .bind(new.traceparent.clone())
+                .bind(ticket.replay_delivery_minutes.map(i64::from))
+                .bind(ticket.created_at)
+                .bind(ticket.accepted_at)
+                .bind(ticket.ready_by)
+                .bind(ticket.cancelled_at);
+        }
+        inserted.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(inserted)
+}
+
+/// How many tickets one INSERT writes at most: 14 parameters each, far below
+/// both engines' limits.
+const TICKETS_PER_INSERT: usize = 200;
+
+/// Inserts of up to this many tickets are kept as prepared statements.
+const PREPARED_TICKETS: usize = 4;
 
 /// Returns those of `order_ids` that have a ticket.
 pub(crate) async fn orders_with_tickets(
@@ -103,18 +130,11 @@ pub(crate) async fn orders_with_tickets(
     order_ids: &[&str],
 ) -> Result<HashSet<String>, sqlx::Error> {
     let mut found = HashSet::new();
-    for chunk in order_ids.chunks(500) {
-        let sql = format!(
-            "SELECT order_id FROM tickets WHERE order_id IN ({})",
-            placeholders(1, chunk.len())
-        );
-        // Only placeholders are formatted in. The text varies with the batch's
-        // size, so it is not kept as a prepared statement.
-        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).persistent(false);
-        for id in chunk {
-            query = query.bind(*id);
+    for chunk in order_ids.chunks(IDS_PER_READ) {
+        let sql = "SELECT order_id FROM tickets WHERE order_id IN ({ids})";
+        for row in query_in(sql, chunk).fetch_all(&mut **tx).await? {
+            found.insert(row.try_get("order_id")?);
         }
-        found.extend(query.fetch_all(&mut **tx).await?);
     }
     Ok(found)
 }
@@ -225,6 +245,41 @@ pub(crate) async fn count_open_tickets(
     .bind(restaurant_id)
     .fetch_one(&mut **tx)
     .await
+}
+
+/// Counts the accepted tickets of each of `restaurant_ids`. A restaurant without
+/// one is absent from the result.
+pub(crate) async fn count_open_tickets_of(
+    tx: &mut Transaction<'_, Any>,
+    restaurant_ids: &[&str],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let mut counts = HashMap::with_capacity(restaurant_ids.len());
+    for chunk in restaurant_ids.chunks(IDS_PER_READ) {
+        let sql = "SELECT restaurant_id, COUNT(*) AS open_tickets FROM tickets \
+                   WHERE status = 'accepted' AND restaurant_id IN ({ids}) GROUP BY restaurant_id";
+        for row in query_in(sql, chunk).fetch_all(&mut **tx).await? {
+            counts.insert(row.try_get("restaurant_id")?, row.try_get("open_tickets")?);
+        }
+    }
+    Ok(counts)
+}
+
+/// How many ids one `IN` list of a batch read holds at most.
+pub(crate) const IDS_PER_READ: usize = 500;
+
+/// Batch reads of up to this many ids are kept as prepared statements.
+pub(crate) const PREPARED_IDS: usize = 8;
+
+/// Returns `sql` with `{ids}` replaced by a placeholder for each of `ids`, from
+/// `$1` on, and the ids bound to them. Only placeholders are formatted in, and
+/// short lists, the common case, stay prepared.
+pub(crate) fn query_in<'q>(sql: &str, ids: &[&'q str]) -> Query<'q, Any, AnyArguments> {
+    let sql = sql.replace("{ids}", &placeholders(1, ids.len()));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(ids.len() <= PREPARED_IDS);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query
 }
 
 /// Lists up to `limit` accepted tickets planned to be ready at or before `now`,

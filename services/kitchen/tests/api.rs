@@ -768,8 +768,27 @@ async fn cancellation_returns_taken_stock() {
 #[tokio::test]
 async fn batch_decides_in_order() {
     let fixture = Fixture::new().await;
+    let settings = fixture.settings_with_auth(1.0).await;
+    decides_batch_in_order(&fixture, settings).await;
+}
+
+/// The same on PostgreSQL, whose batch reads and ticket inserts are the same
+/// statements on another engine.
+#[tokio::test]
+async fn postgres_batch_decides_in_order() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let fixture = Fixture::new().await;
+    let mut settings = fixture.settings_with_auth(1.0).await;
+    settings.database_url = db.url().to_owned();
+    decides_batch_in_order(&fixture, settings).await;
+    db.close().await;
+}
+
+async fn decides_batch_in_order(fixture: &Fixture, settings: Settings) {
     let mut stream = fixture.kitchen_events().await;
-    let kitchen = fixture.start(fixture.settings_with_auth(1.0).await).await;
+    let kitchen = fixture.start(settings).await;
     kitchen
         .put_stock(
             "item-1",

@@ -1,10 +1,12 @@
 //! The restaurant replica: amenity and opening hours per restaurant.
 
+use std::collections::HashMap;
+
+use super::{IDS_PER_READ, query_in};
+use crate::domain::KnownRestaurant;
 use anyhow::Context;
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tiffin_events::restaurant::RestaurantUpserted;
-
-use crate::domain::KnownRestaurant;
 
 /// Stores `restaurant` unless the replica already has the same or a later revision,
 /// so replays and out-of-order copies change nothing.
@@ -27,23 +29,25 @@ pub(crate) async fn upsert_restaurant(
     Ok(())
 }
 
-/// Finds a restaurant in the replica.
-pub(crate) async fn find_restaurant(
+/// Finds restaurants in the replica. A restaurant it does not hold is absent from
+/// the result.
+pub(crate) async fn find_restaurants(
     tx: &mut Transaction<'_, Any>,
-    restaurant_id: &str,
-) -> Result<Option<KnownRestaurant>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT amenity, opening_hours FROM restaurants WHERE restaurant_id = $1")
-            .bind(restaurant_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    row.map(|row| {
-        Ok(KnownRestaurant {
-            amenity: row.try_get("amenity")?,
-            opening_hours: row.try_get("opening_hours")?,
-        })
-    })
-    .transpose()
+    restaurant_ids: &[&str],
+) -> Result<HashMap<String, KnownRestaurant>, sqlx::Error> {
+    let mut found = HashMap::with_capacity(restaurant_ids.len());
+    for chunk in restaurant_ids.chunks(IDS_PER_READ) {
+        let sql = "SELECT restaurant_id, amenity, opening_hours FROM restaurants \
+                   WHERE restaurant_id IN ({ids})";
+        for row in query_in(sql, chunk).fetch_all(&mut **tx).await? {
+            let restaurant = KnownRestaurant {
+                amenity: row.try_get("amenity")?,
+                opening_hours: row.try_get("opening_hours")?,
+            };
+            found.insert(row.try_get("restaurant_id")?, restaurant);
+        }
+    }
+    Ok(found)
 }
 
 /// Counts the restaurants in the replica.

@@ -1,6 +1,6 @@
 //! Stock limits: one row per limited item of a restaurant.
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -8,6 +8,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use tiffin_runtime::db::placeholders;
 
+use super::{IDS_PER_READ, PREPARED_IDS};
 use crate::domain::stock::StockQuantity;
 
 /// An item's stock limit.
@@ -21,39 +22,46 @@ pub(crate) struct StockEntry {
     pub(crate) updated_at: i64,
 }
 
-/// Reads the stock of each of `menu_item_ids` that has a limit. Items without a
-/// limit are absent from the result.
-pub(crate) async fn stock_levels<'a>(
+/// Reads the stock of the given items, each a restaurant id and a menu item id,
+/// that have a limit. Items without a limit are absent from the result.
+pub(crate) async fn stock_levels(
     tx: &mut Transaction<'_, Any>,
-    restaurant_id: &str,
-    menu_item_ids: impl IntoIterator<Item = &'a str>,
-) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    let ids: Vec<&str> = menu_item_ids.into_iter().collect();
-    let mut levels = BTreeMap::new();
-    for chunk in ids.chunks(ITEMS_PER_READ) {
+    items: &HashSet<(&str, &str)>,
+) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
+    let mut restaurant_ids: Vec<&str> = items.iter().map(|(restaurant, _)| *restaurant).collect();
+    restaurant_ids.sort_unstable();
+    restaurant_ids.dedup();
+    let mut menu_item_ids: Vec<&str> = items.iter().map(|(_, item)| *item).collect();
+    menu_item_ids.sort_unstable();
+    menu_item_ids.dedup();
+    let mut levels = HashMap::new();
+    // Both lists together use the primary key's index, and the pairs that the
+    // cross product adds are dropped below. The items are read in chunks because
+    // a batch of orders of up to 100 lines each can name thousands.
+    for chunk in menu_item_ids.chunks(IDS_PER_READ) {
         let sql = format!(
-            "SELECT menu_item_id, quantity FROM stock WHERE restaurant_id = $1 \
-             AND menu_item_id IN ({})",
-            placeholders(2, chunk.len())
+            "SELECT restaurant_id, menu_item_id, quantity FROM stock \
+             WHERE restaurant_id IN ({}) AND menu_item_id IN ({})",
+            placeholders(1, restaurant_ids.len()),
+            placeholders(restaurant_ids.len() + 1, chunk.len())
         );
-        // Only placeholders are formatted in. An order has a handful of lines, so
-        // the few shapes are kept as prepared statements.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(chunk.len() <= 8)
-            .bind(restaurant_id);
-        for id in chunk {
+        // Only placeholders are formatted in. Short lists, the common case, stay
+        // prepared.
+        let prepared = restaurant_ids.len() + chunk.len() <= PREPARED_IDS;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(prepared);
+        for id in restaurant_ids.iter().chain(chunk) {
             query = query.bind(*id);
         }
         for row in query.fetch_all(&mut **tx).await? {
-            levels.insert(row.try_get("menu_item_id")?, row.try_get("quantity")?);
+            let restaurant_id: String = row.try_get("restaurant_id")?;
+            let menu_item_id: String = row.try_get("menu_item_id")?;
+            if items.contains(&(restaurant_id.as_str(), menu_item_id.as_str())) {
+                levels.insert((restaurant_id, menu_item_id), row.try_get("quantity")?);
+            }
         }
     }
     Ok(levels)
 }
-
-/// The maximum number of items per stock read, far below both engines'
-/// parameter limits.
-const ITEMS_PER_READ: usize = 500;
 
 /// Takes `quantity` of an item from its stock row, and returns whether the item has
 /// a row. The row's `CHECK (quantity >= 0)` fails the statement when the stock is
