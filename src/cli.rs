@@ -532,6 +532,30 @@ impl Flow {
     }
 }
 
+/// Where `tiffin bench` runs Tiffin's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Topology {
+    /// Every service in the benchmark's process, as `tiffin up` runs them.
+    AllInOne,
+    /// Every service as its own process, on the broker of --bus.
+    Distributed,
+    /// A distributed round and then an all-in-one round on the embedded bus
+    /// and SQLite files, in each round; --bus and --database apply to the
+    /// distributed rounds only.
+    Both,
+}
+
+impl Topology {
+    /// Returns the name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllInOne => "all-in-one",
+            Self::Distributed => "distributed",
+            Self::Both => "both",
+        }
+    }
+}
+
 /// `tiffin bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -555,9 +579,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench/place-order.lua")]
     pub script: PathBuf,
 
-    /// Run every service as its own process (needs --bus with a broker) instead of
-    /// all in this one.
-    #[arg(long)]
+    /// Where the services run in each round.
+    #[arg(long, value_enum, default_value_t = Topology::AllInOne)]
+    pub topology: Topology,
+
+    /// The same as --topology distributed: every service as its own process
+    /// (needs --bus with a broker) instead of all in this one.
+    #[arg(long, conflicts_with = "topology")]
     pub distributed: bool,
 
     /// How far each order goes.
@@ -603,4 +631,15 @@ pub struct BenchArgs {
     /// Write every round's figures as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// Returns the topology that --topology or --distributed chose.
+    pub fn topology(&self) -> Topology {
+        if self.distributed {
+            Topology::Distributed
+        } else {
+            self.topology
+        }
+    }
 }

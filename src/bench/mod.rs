@@ -11,7 +11,8 @@
 //! latency from an order's placement to its stored `ready` notification, and the
 //! integrity counts and audit. With a reference implementation the rounds alternate
 //! (reference, Tiffin, reference, Tiffin) so that both see the same machine, and
-//! the summary compares them.
+//! the summary compares them. With `--topology both`, each round runs Tiffin
+//! distributed and then all-in-one (reference, distributed, all-in-one, ...).
 
 pub mod figures;
 pub mod procs;
@@ -28,7 +29,7 @@ use clap::Parser as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, Topology};
 use crate::serve::Cluster;
 use crate::system::{Databases, System, SystemSettings};
 use figures::EndToEnd;
@@ -39,6 +40,8 @@ use wrk::WrkFigures;
 pub struct Figures {
     /// `tiffin` or `reference`.
     pub implementation: String,
+    /// Tiffin's topology, `distributed` or `all-in-one`; none for the reference.
+    pub topology: Option<String>,
     /// Throughput and HTTP latency, from wrk.
     pub wrk: WrkFigures,
     /// From placement to the stored `ready` notification.
@@ -184,10 +187,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
         args.script.display()
     );
     anyhow::ensure!(args.rounds >= 1, "--rounds is 0; it must be at least 1");
-    let topology = if args.distributed {
-        "distributed"
-    } else {
-        "all-in-one"
+    let topologies = match args.topology() {
+        Topology::Both => vec![Topology::Distributed, Topology::AllInOne],
+        single => vec![single],
     };
     let scratch = tempfile::tempdir()?;
     let mut rounds = Vec::new();
@@ -209,15 +211,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
             eprintln!("{figures}");
             rounds.push(figures);
         }
-        eprintln!(
-            "Round {round}: Tiffin {topology}, orders until {}, {} connections for {} s...",
-            args.flow.as_str(),
-            args.connections,
-            args.duration
-        );
-        let figures = tiffin_round(args, round).await?;
-        eprintln!("{figures}");
-        rounds.push(figures);
+        for &topology in &topologies {
+            eprintln!(
+                "Round {round}: Tiffin {}, orders until {}, {} connections for {} s...",
+                topology.as_str(),
+                args.flow.as_str(),
+                args.connections,
+                args.duration
+            );
+            let figures = tiffin_round(args, round, topology).await?;
+            eprintln!("{figures}");
+            rounds.push(figures);
+        }
     }
 
     let ok = rounds.iter().all(|figures| figures.integrity_ok);
@@ -229,7 +234,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
         crate::demo::write_json(
             path,
             &serde_json::json!({
-                "topology": topology,
+                "topology": args.topology().as_str(),
                 "flow": args.flow.as_str(),
                 "through_gateway": args.through_gateway,
                 "connections": args.connections,
@@ -246,15 +251,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
 /// Reads one figure of a round.
 type Metric = fn(&Figures) -> f64;
 
-/// Compares the mean figures of both implementations, as ratios Tiffin over
-/// reference, when there are rounds of both.
+/// Compares the mean figures of Tiffin in each topology with the reference's, as
+/// ratios Tiffin over reference, when there are rounds of both.
 fn compare(rounds: &[Figures]) -> Option<String> {
-    let mean = |name: &str, value: Metric| {
-        let values: Vec<f64> = rounds
-            .iter()
-            .filter(|figures| figures.implementation == name)
-            .map(value)
-            .collect();
+    let mean = |values: Vec<f64>| {
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
     let rows: [(&str, Metric); 6] = [
@@ -265,17 +265,41 @@ fn compare(rounds: &[Figures]) -> Option<String> {
         ("end-to-end p99 ms", |f| f.end_to_end.p99_ms),
         ("own CPU ms/order", |f| f.own_cpu_ms_per_order()),
     ];
-    let mut text = String::from("\nMean over rounds     Tiffin   reference   Tiffin/reference\n");
-    for (label, value) in rows {
-        let (Some(ours), Some(theirs)) = (mean("tiffin", value), mean("reference", value)) else {
-            return None;
-        };
-        let ratio = if theirs == 0.0 { 0.0 } else { ours / theirs };
-        text.push_str(&format!(
-            "{label:<18} {ours:>9.2} {theirs:>11.2} {ratio:>14.2}x\n"
-        ));
+    let reference: Vec<&Figures> = rounds
+        .iter()
+        .filter(|figures| figures.implementation == "reference")
+        .collect();
+    let mut topologies: Vec<&str> = Vec::new();
+    for figures in rounds {
+        if let Some(topology) = figures.topology.as_deref()
+            && !topologies.contains(&topology)
+        {
+            topologies.push(topology);
+        }
     }
-    Some(text)
+    let mut text = String::new();
+    for topology in topologies {
+        let ours: Vec<&Figures> = rounds
+            .iter()
+            .filter(|figures| figures.topology.as_deref() == Some(topology))
+            .collect();
+        text.push_str(&format!(
+            "\nMean over rounds     Tiffin {topology:<12} reference   Tiffin/reference\n"
+        ));
+        for (label, value) in rows {
+            let (Some(ours), Some(theirs)) = (
+                mean(ours.iter().map(|figures| value(figures)).collect()),
+                mean(reference.iter().map(|figures| value(figures)).collect()),
+            ) else {
+                return None;
+            };
+            let ratio = if theirs == 0.0 { 0.0 } else { ours / theirs };
+            text.push_str(&format!(
+                "{label:<18} {ours:>19.2} {theirs:>11.2} {ratio:>14.2}x\n"
+            ));
+        }
+    }
+    (!text.is_empty()).then_some(text)
 }
 
 /// The system under test.
@@ -285,17 +309,21 @@ enum Target {
 }
 
 impl Target {
-    async fn start(args: &BenchArgs, database: Option<&str>, dir: &Path) -> anyhow::Result<Self> {
+    async fn start(
+        args: &BenchArgs,
+        engines: &Engines,
+        database: Option<&str>,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         if args.flow.delivery() == crate::system::Delivery::LeftOut {
-            check_no_delivery_queue(&args.bus.urls().0).await?;
+            check_no_delivery_queue(&engines.queue_bus).await?;
         }
-        if args.distributed {
+        if engines.distributed {
             let mut argv: Vec<String> = ["tiffin", "demo", "--distributed"]
                 .map(str::to_owned)
                 .to_vec();
-            let (queue_url, stream_url) = args.bus.urls();
-            argv.extend(["--queue-bus".to_owned(), queue_url]);
-            argv.extend(["--stream-bus".to_owned(), stream_url]);
+            argv.extend(["--queue-bus".to_owned(), engines.queue_bus.clone()]);
+            argv.extend(["--stream-bus".to_owned(), engines.stream_bus.clone()]);
             argv.extend(BENCH_SIMULATION.map(str::to_owned));
             argv.extend([
                 "--db-max-connections".to_owned(),
@@ -319,7 +347,6 @@ impl Target {
             }
             return Ok(Self::Processes(cluster));
         }
-        let (queue_bus, stream_bus) = args.bus.urls();
         let system = System::start(SystemSettings {
             data_dir: dir.to_path_buf(),
             database: database.map(str::to_owned),
@@ -336,8 +363,8 @@ impl Target {
             reject_rate: 0.0,
             kitchen_capacity: BENCH_KITCHEN_CAPACITY,
             couriers: BENCH_COURIERS,
-            queue_bus,
-            stream_bus,
+            queue_bus: engines.queue_bus.clone(),
+            stream_bus: engines.stream_bus.clone(),
             fault_exit_after_payment_step: false,
             pool: args.pool.settings(),
             release_unclaimed_after: std::time::Duration::from_secs(60),
@@ -455,15 +482,49 @@ const BENCH_SIMULATION: [&str; 12] = [
     "0",
 ];
 
-async fn tiffin_round(args: &BenchArgs, round: u32) -> anyhow::Result<Figures> {
+/// The bus and database of a Tiffin round.
+struct Engines {
+    distributed: bool,
+    queue_bus: String,
+    stream_bus: String,
+    /// The PostgreSQL server and name prefix of the round's databases; none for
+    /// SQLite files.
+    database: Option<String>,
+}
+
+impl Engines {
+    /// Returns the engines of a round in `topology`. With `--topology both`, the
+    /// all-in-one rounds run on the embedded defaults, as `tiffin up` does, and
+    /// --bus and --database are for the distributed rounds.
+    fn of(args: &BenchArgs, topology: Topology) -> Self {
+        if args.topology() == Topology::Both && topology == Topology::AllInOne {
+            return Self {
+                distributed: false,
+                queue_bus: "embedded:".to_owned(),
+                stream_bus: "embedded:".to_owned(),
+                database: None,
+            };
+        }
+        let (queue_bus, stream_bus) = args.bus.urls();
+        Self {
+            distributed: topology == Topology::Distributed,
+            queue_bus,
+            stream_bus,
+            database: args.database.clone(),
+        }
+    }
+}
+
+async fn tiffin_round(args: &BenchArgs, round: u32, topology: Topology) -> anyhow::Result<Figures> {
+    let engines = Engines::of(args, topology);
     let dir = tempfile::tempdir()?;
     // Each round gets databases of its own, dropped after it: tables and indexes
     // left by earlier rounds would make every round slower than the one before.
-    let database = args.database.as_deref().map(|url| {
+    let database = engines.database.as_deref().map(|url| {
         let stamp = uuid::Uuid::now_v7().simple().to_string();
         round_database(url, &format!("r{round}_{}", &stamp[stamp.len() - 8..]))
     });
-    let started = Target::start(args, database.as_deref(), dir.path()).await;
+    let started = Target::start(args, &engines, database.as_deref(), dir.path()).await;
     let outcome = match started {
         Ok(target) => {
             let outcome = measure(args, &target, dir.path(), round).await;
@@ -475,7 +536,9 @@ async fn tiffin_round(args: &BenchArgs, round: u32) -> anyhow::Result<Figures> {
     if let Some(url) = &database {
         drop_round_databases(url).await;
     }
-    outcome
+    let mut figures = outcome?;
+    figures.topology = Some(topology.as_str().to_owned());
+    Ok(figures)
 }
 
 /// Returns `url` with its database name (the prefix of the service databases)
@@ -591,6 +654,7 @@ async fn measure(
     }
     Ok(Figures {
         implementation: "tiffin".to_owned(),
+        topology: None,
         wrk,
         end_to_end,
         integrity_ok: counts.is_clean() && audit.is_clean(),
@@ -693,4 +757,121 @@ async fn write_tokens(
     }
     std::fs::write(path, tokens.join("\n") + "\n")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn bench_args(argv: &[&str]) -> BenchArgs {
+        let cli = Cli::try_parse_from(["tiffin", "bench"].iter().chain(argv))
+            .expect("bench arguments parse");
+        let Command::Bench(args) = cli.command else {
+            unreachable!("parsed as bench");
+        };
+        args
+    }
+
+    fn round(implementation: &str, topology: Option<&str>, orders_per_s: f64) -> Figures {
+        Figures {
+            implementation: implementation.to_owned(),
+            topology: topology.map(str::to_owned),
+            wrk: WrkFigures {
+                orders_per_s,
+                created: 1000,
+                ..WrkFigures::default()
+            },
+            end_to_end: EndToEnd::default(),
+            integrity_ok: true,
+            integrity: String::new(),
+            cpu_s: BTreeMap::new(),
+            cpu_drained_s: BTreeMap::new(),
+            own_prefix: "tiffin".to_owned(),
+            peak_rss_bytes: BTreeMap::new(),
+            peak_pss_total_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn both_runs_all_in_one_embedded() {
+        let args = bench_args(&[
+            "--topology",
+            "both",
+            "--bus",
+            "amqp://guest:guest@127.0.0.1:5672/bench",
+            "--database",
+            "postgres://tiffin:tiffin@127.0.0.1:5432/bench",
+        ]);
+
+        let distributed = Engines::of(&args, Topology::Distributed);
+        let all_in_one = Engines::of(&args, Topology::AllInOne);
+
+        assert!(distributed.distributed);
+        assert_eq!(
+            distributed.queue_bus,
+            "amqp://guest:guest@127.0.0.1:5672/bench"
+        );
+        assert!(distributed.database.is_some());
+        assert!(!all_in_one.distributed);
+        assert_eq!(all_in_one.queue_bus, "embedded:");
+        assert_eq!(all_in_one.stream_bus, "embedded:");
+        assert_eq!(all_in_one.database, None);
+    }
+
+    #[test]
+    fn all_in_one_alone_keeps_bus() {
+        let args = bench_args(&["--database", "postgres://tiffin:tiffin@127.0.0.1:5432/b"]);
+
+        let engines = Engines::of(&args, args.topology());
+
+        assert_eq!(args.topology(), Topology::AllInOne);
+        assert!(!engines.distributed);
+        assert!(engines.database.is_some());
+    }
+
+    #[test]
+    fn distributed_flag_conflicts_with_topology() {
+        let parsed =
+            Cli::try_parse_from(["tiffin", "bench", "--distributed", "--topology", "both"]);
+
+        assert!(parsed.is_err());
+        assert_eq!(
+            bench_args(&["--distributed"]).topology(),
+            Topology::Distributed
+        );
+    }
+
+    #[test]
+    fn comparison_per_topology() {
+        let rounds = [
+            round("reference", None, 400.0),
+            round("tiffin", Some("distributed"), 200.0),
+            round("tiffin", Some("all-in-one"), 600.0),
+            round("reference", None, 600.0),
+            round("tiffin", Some("distributed"), 300.0),
+            round("tiffin", Some("all-in-one"), 400.0),
+        ];
+
+        let text = compare(&rounds).expect("both implementations have rounds");
+        let orders: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("orders/s"))
+            .collect();
+
+        assert!(text.contains("Tiffin distributed"), "{text}");
+        assert!(text.contains("Tiffin all-in-one"), "{text}");
+        assert_eq!(orders.len(), 2, "{text}");
+        assert!(orders[0].ends_with("0.50x"), "{text}");
+        assert!(orders[1].ends_with("1.00x"), "{text}");
+    }
+
+    #[test]
+    fn no_comparison_without_reference() {
+        let rounds = [round("tiffin", Some("distributed"), 200.0)];
+
+        assert_eq!(compare(&rounds), None);
+    }
 }

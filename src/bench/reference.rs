@@ -109,6 +109,7 @@ pub(super) async fn run(
     }
     Ok(Figures {
         implementation: "reference".to_owned(),
+        topology: None,
         wrk: summary.wrk,
         end_to_end: super::figures::EndToEnd {
             orders: summary.e2e_ms.n,
