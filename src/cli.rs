@@ -124,8 +124,8 @@ impl PoolArgs {
     }
 }
 
-/// When the order service rejects new orders because the kitchen is behind,
-/// shared by `up`, `serve`, `demo` and `bench`.
+/// When the order service rejects new orders because the kitchen or its outbox
+/// relay is behind, shared by `up`, `serve`, `demo` and `bench`.
 #[derive(Debug, Clone, Args)]
 pub struct AdmissionArgs {
     /// Hold new orders, and reject with 503 those still waiting after
@@ -139,8 +139,15 @@ pub struct AdmissionArgs {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub waiting_after_ms: u64,
 
-    /// Milliseconds a new order that arrives while the kitchen is behind waits
-    /// for it to catch up before it is rejected; 0 rejects it at once.
+    /// Also hold new orders, as for --max-waiting-orders, while the oldest event
+    /// in the order service's outbox has waited longer than this many
+    /// milliseconds for its relay. 0 leaves the relay out.
+    #[arg(long, default_value_t = 1000)]
+    pub max_outbox_lag_ms: u64,
+
+    /// Milliseconds a new order that arrives while the kitchen or the outbox relay
+    /// is behind waits for it to catch up before it is rejected; 0 rejects it at
+    /// once.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub admission_hold_ms: u64,
 }
@@ -151,18 +158,22 @@ impl AdmissionArgs {
         tiffin_orders::admission::AdmissionSettings {
             max_waiting: (self.max_waiting_orders > 0).then_some(self.max_waiting_orders),
             waiting_after: std::time::Duration::from_millis(self.waiting_after_ms),
+            max_outbox_lag: (self.max_outbox_lag_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.max_outbox_lag_ms)),
             hold: std::time::Duration::from_millis(self.admission_hold_ms),
             ..tiffin_orders::admission::AdmissionSettings::default()
         }
     }
 
     /// Returns the flags that give a child process the same settings.
-    pub fn to_args(&self) -> [String; 6] {
+    pub fn to_args(&self) -> [String; 8] {
         [
             "--max-waiting-orders".to_owned(),
             self.max_waiting_orders.to_string(),
             "--waiting-after-ms".to_owned(),
             self.waiting_after_ms.to_string(),
+            "--max-outbox-lag-ms".to_owned(),
+            self.max_outbox_lag_ms.to_string(),
             "--admission-hold-ms".to_owned(),
             self.admission_hold_ms.to_string(),
         ]

@@ -54,7 +54,8 @@ pub struct SystemSettings {
     /// How long the order service waits for a retry of a placement whose payment
     /// timed out before it voids the authorization.
     pub release_unclaimed_after: Duration,
-    /// When the order service rejects new orders because the kitchen is behind.
+    /// When the order service rejects new orders because the kitchen or its outbox
+    /// relay is behind.
     pub admission: tiffin_orders::admission::AdmissionSettings,
     /// Whether the delivery service runs.
     pub delivery: Delivery,

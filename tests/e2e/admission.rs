@@ -1,6 +1,7 @@
-//! Admission control: while orders wait too long for the kitchen, placements are
-//! rejected with 503 and `Retry-After`, and a retry with the same key places the
-//! order, or replays an earlier one, once the kitchen has caught up.
+//! Admission control: while orders wait too long for the kitchen, or events too
+//! long for the outbox relay, placements are rejected with 503 and `Retry-After`,
+//! and a retry with the same key places the order, or replays an earlier one, once
+//! the backlog has cleared.
 
 use std::time::Duration;
 
@@ -18,6 +19,15 @@ const STUCK_ORDERS: &str = "INSERT INTO orders (order_id, customer_id, restauran
      ('stuck-1', 'c', 'r', 'placed', 100, 'EUR', 'p1', 'Street 1', 'Helsinki', 60.17, 24.94, 0, 0), \
      ('stuck-2', 'c', 'r', 'placed', 100, 'EUR', 'p2', 'Street 1', 'Helsinki', 60.17, 24.94, 0, 0), \
      ('stuck-3', 'c', 'r', 'placed', 100, 'EUR', 'p3', 'Street 1', 'Helsinki', 60.17, 24.94, 0, 0)";
+
+/// An outbox row written long ago that the relay cannot publish, because it is
+/// not an envelope: it stays first in line and blocks the relay.
+const STUCK_EVENT: &str = "INSERT INTO outbox (event_id, envelope, created_at) \
+     VALUES ('00000000-0000-0000-0000-000000000000', 'not an envelope', 0)";
+
+/// Removes the stuck row, as an operator would.
+const REMOVE_STUCK_EVENT: &str =
+    "DELETE FROM outbox WHERE event_id = '00000000-0000-0000-0000-000000000000'";
 
 /// The kitchen "decides" the stuck orders.
 const DECIDE_STUCK: &str = "UPDATE orders SET status = 'accepted' WHERE order_id LIKE 'stuck-%'";
@@ -75,6 +85,7 @@ async fn kitchen_backlog_rejects_new_orders() {
         settings.admission = AdmissionSettings {
             max_waiting: Some(2),
             waiting_after: Duration::from_secs(60),
+            max_outbox_lag: None,
             interval: Duration::from_millis(20),
             hold: Duration::ZERO,
         };
@@ -109,5 +120,35 @@ async fn kitchen_backlog_rejects_new_orders() {
     assert_ne!(admitted["id"], before["id"]);
     assert_eq!(replayed.status(), StatusCode::CREATED);
     assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_lag_rejects_new_orders() {
+    let system = TestSystem::start_with(|settings| {
+        settings.admission = AdmissionSettings {
+            max_outbox_lag: Some(Duration::from_secs(5)),
+            interval: Duration::from_millis(20),
+            hold: Duration::ZERO,
+            ..AdmissionSettings::default()
+        };
+    })
+    .await;
+    let customer = system.customer("lagging").await;
+    let (restaurant, items) = system.restaurant_with_menu(0).await;
+    let body = order_body(&restaurant, &[&items[0]]);
+
+    execute(&system, STUCK_EVENT).await;
+    let (rejected_key, rejected) = place_until_rejected(&system, &customer.token, &body).await;
+    let problem: Value = rejected.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+
+    assert!(detail.contains("waited"), "{detail}");
+    assert!(detail.contains("to be published"), "{detail}");
+
+    execute(&system, REMOVE_STUCK_EVENT).await;
+    let admitted = place_until_created(&system, &customer.token, &rejected_key, &body).await;
+
+    assert_eq!(admitted.status(), StatusCode::CREATED);
     system.stop().await;
 }

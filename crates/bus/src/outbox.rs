@@ -234,6 +234,20 @@ impl OutboxRelay {
         }
     }
 
+    /// Returns when the oldest row waiting to be published was written, in Unix
+    /// milliseconds, or `None` when the outbox is empty. The relay takes rows in
+    /// event id order, which follows the time they were made, so the row's age is
+    /// how far the relay is behind.
+    ///
+    /// # Errors
+    ///
+    /// Returns the database error.
+    pub async fn oldest_pending(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT created_at FROM outbox ORDER BY event_id LIMIT 1")
+            .fetch_optional(self.db.pool())
+            .await
+    }
+
     /// Counts the rows waiting to be published.
     ///
     /// # Errors

@@ -259,13 +259,13 @@ impl Service {
             )
             .run(worker_stop.clone()),
         );
+        let relay_reader = self.relay.clone();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
-        let admission = tokio::spawn(
-            self.state
-                .admission
-                .clone()
-                .watch(self.state.db.clone(), worker_stop.clone()),
-        );
+        let admission = tokio::spawn(self.state.admission.clone().watch(
+            self.state.db.clone(),
+            relay_reader,
+            worker_stop.clone(),
+        ));
 
         let router = tiffin_runtime::http::with_common_layers(routes::router(self.state.clone()));
         let served =

@@ -33,8 +33,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A placement the order service admits: while the kitchen is behind, the request
-/// is rejected with 503 before its token is verified or its body read, so that a
+/// A placement the order service admits: while the kitchen or the outbox relay is
+/// behind, the request is rejected with 503 before its token is verified or its body read, so that a
 /// client retrying without pause costs little. A retry with the same
 /// `Idempotency-Key` after `Retry-After` places the order or returns the one it
 /// placed before.
@@ -44,18 +44,12 @@ impl FromRequestParts<AppState> for Admitted {
     type Rejection = Response;
 
     async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let Err(waiting) = state.admission.admit().await else {
+        let Err(behind) = state.admission.admit().await else {
             return Ok(Self);
         };
-        let after = state.admission.settings().waiting_after;
-        tracing::debug!(waiting, "order rejected with 503: the kitchen is behind");
-        let problem = Problem::unavailable(
-            format!(
-                "the kitchen is behind: {waiting} orders have waited more than {} ms for its decision; retry with the same Idempotency-Key",
-                after.as_millis()
-            ),
-            1,
-        );
+        tracing::debug!(%behind, "order rejected with 503");
+        let problem =
+            Problem::unavailable(format!("{behind}; retry with the same Idempotency-Key"), 1);
         // The admission state logs when it starts and stops rejecting; a warning per
         // rejected request would flood the log exactly when the service is busiest.
         Err((Extension(NotAFault), problem).into_response())
