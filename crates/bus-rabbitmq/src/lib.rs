@@ -429,6 +429,9 @@ impl Shared {
         // per message, which on busy cores costs up to milliseconds each. Polled
         // once as it is made, each publish queues its frames at once and in order,
         // and the writes of the whole batch are awaited together.
+        // NOTE: the order rests on lapin 4 queuing the frames before the first
+        // await of `basic_publish`; the conformance case
+        // `stream_keeps_per_key_order` checks it after an upgrade.
         let (payloads, messages): (Vec<_>, Vec<_>) = messages
             .into_iter()
             .map(|mut message| (std::mem::take(&mut message.payload), message))
