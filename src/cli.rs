@@ -141,7 +141,8 @@ pub struct AdmissionArgs {
 
     /// Also hold new orders, as for --max-waiting-orders, while the oldest event
     /// in the order service's outbox has waited longer than this many
-    /// milliseconds for its relay. 0 leaves the relay out.
+    /// milliseconds for its relay. 0 leaves the relay out, and so does
+    /// --max-waiting-orders 0, which turns admission control off.
     #[arg(long, default_value_t = 1000)]
     pub max_outbox_lag_ms: u64,
 
