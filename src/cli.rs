@@ -544,7 +544,7 @@ impl Flow {
     }
 }
 
-/// Where `tiffin bench` runs Tiffin's services.
+/// The topology in which `tiffin bench` runs Tiffin's services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Topology {
     /// Every service in the benchmark's process, as `tiffin up` runs them.
@@ -591,7 +591,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench/place-order.lua")]
     pub script: PathBuf,
 
-    /// Where the services run in each round.
+    /// The topology of the services in each round.
     #[arg(long, value_enum, default_value_t = Topology::AllInOne)]
     pub topology: Topology,
 

@@ -1,7 +1,7 @@
 //! Admission control: while orders wait too long for the kitchen, or events too
-//! long for the outbox relay, placements are rejected with 503 and `Retry-After`,
-//! and a retry with the same key places the order, or replays an earlier one, once
-//! the backlog has cleared.
+//! long for the outbox relay, placements are rejected with 503 and `Retry-After`.
+//! Once the backlog has cleared, a retry with the same key places the order, or
+//! replays an earlier one.
 
 use std::time::Duration;
 

@@ -264,7 +264,7 @@ pub(crate) async fn count_open_tickets_of(
     Ok(counts)
 }
 
-/// How many ids one `IN` list of a batch read holds at most.
+/// The maximum number of ids in one `IN` list of a batch read.
 pub(crate) const IDS_PER_READ: usize = 500;
 
 /// Batch reads of up to this many ids are kept as prepared statements.
